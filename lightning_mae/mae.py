@@ -1,0 +1,223 @@
+"""Masked autoencoder with a ViT backbone (He et al., 2022), on timm blocks.
+
+Read top to bottom: patchify -> encoder over the visible tokens -> decoder over all tokens -> loss on
+the masked patches. Which patches are visible is decided outside, by a permutation ``ids_shuffle``
+(visible first, see ``masking.py``): that is the only seam a masking strategy needs.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+
+def sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = True) -> Tensor:
+    """Fixed 2-D sine-cosine positional embedding, ``[(1 +) grid_size**2, embed_dim]``."""
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim={embed_dim} must be divisible by 4 for the 2-D sin-cos embedding")
+    coords = np.arange(grid_size, dtype=np.float64)
+    grid_w, grid_h = np.meshgrid(coords, coords)  # w varies fastest, matching patch order
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4.0))
+
+    def embed_1d(pos: np.ndarray) -> np.ndarray:
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    emb = np.concatenate([embed_1d(grid_w), embed_1d(grid_h)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+    return torch.from_numpy(emb).float()
+
+
+class MAEOutput(NamedTuple):
+    loss: Tensor  # mean squared error over the masked patches
+    pred: Tensor  # [B, N, p*p*C] predicted pixels (normalised per patch if norm_pix_loss)
+    mask: Tensor  # [B, N], 1 = masked
+    latent: Tensor  # [B, 1 + len_keep, D] encoder output, cls token first
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """MAE with a ViT encoder and a light ViT decoder. Defaults are ViT-B/16 (see ``PRESETS``)."""
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"patch_size={patch_size} does not divide img_size={img_size}")
+        for name, dim, heads in (("", embed_dim, num_heads), ("decoder_", decoder_embed_dim, decoder_num_heads)):
+            if dim % heads:
+                raise ValueError(f"{name}embed_dim={dim} is not divisible by {name}num_heads={heads}")
+        self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
+        self.depth = depth
+        self.norm_pix_loss = norm_pix_loss
+        grid = img_size // patch_size
+        self.num_patches = grid * grid
+
+        def blocks(dim: int, n: int, heads: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=_layer_norm) for _ in range(n)
+            )
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, grid)[None])
+        self.blocks = blocks(embed_dim, depth, num_heads)
+        self.norm = _layer_norm(embed_dim)
+
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.register_buffer("decoder_pos_embed", sincos_pos_embed(decoder_embed_dim, grid)[None])
+        self.decoder_blocks = blocks(decoder_embed_dim, decoder_depth, decoder_num_heads)
+        self.decoder_norm = _layer_norm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # As in the MAE reference: the patch projection is initialised like a Linear layer.
+        w = self.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # --- pixels <-> patches -------------------------------------------------------------------
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """``[B, C, H, W] -> [B, N, p*p*C]`` in (row, col, channel) order per patch."""
+        p, c = self.patch_size, self.in_chans
+        b, _, h, w = imgs.shape
+        x = imgs.reshape(b, c, h // p, p, w // p, p)
+        return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        p, c = self.patch_size, self.in_chans
+        g = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], g, g, p, p, c)
+        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], c, g * p, g * p)
+
+    # --- encoder --------------------------------------------------------------------------------
+    def _embed(self, imgs: Tensor) -> Tensor:
+        if imgs.shape[1:] != (self.in_chans, self.img_size, self.img_size):
+            raise ValueError(
+                f"images of shape {tuple(imgs.shape[1:])} do not fit the model "
+                f"(in_chans={self.in_chans}, img_size={self.img_size})"
+            )
+        return self.patch_embed(imgs) + self.pos_embed[:, 1:]
+
+    def _with_cls(self, x: Tensor) -> Tensor:
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def forward_encoder(self, imgs: Tensor, ids_shuffle: Tensor, len_keep: int) -> tuple[Tensor, Tensor]:
+        """Encode the first ``len_keep`` patches of ``ids_shuffle``. Returns (latent, mask)."""
+        x = self._embed(imgs)
+        ids_keep = ids_shuffle[:, :len_keep]
+        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        x = self._with_cls(x)
+        for blk in self.blocks:
+            x = blk(x)
+        mask = torch.ones(imgs.shape[0], self.num_patches, device=imgs.device)
+        mask.scatter_(1, ids_keep, 0.0)
+        return self.norm(x), mask
+
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """Unmasked encoder output ``[B, 1 + N, D]`` (cls first), for probing and evaluation."""
+        x = self._with_cls(self._embed(imgs))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    @torch.no_grad()
+    def patch_features(self, imgs: Tensor, layer: int) -> Tensor:
+        """L2-normalised patch embeddings ``[B, N, D]`` after the first ``layer`` blocks of the full image.
+
+        Only ``layer`` blocks run: this is the extra cost of self-guided masking.
+        """
+        if not 0 <= layer <= self.depth:
+            raise ValueError(f"source_layer={layer} is outside [0, depth={self.depth}]")
+        x = self._with_cls(self._embed(imgs))
+        for blk in self.blocks[:layer]:
+            x = blk(x)
+        return nn.functional.normalize(x[:, 1:].float(), dim=-1)
+
+    # --- decoder and loss -----------------------------------------------------------------------
+    def forward_decoder(self, latent: Tensor, ids_shuffle: Tensor) -> Tensor:
+        x = self.decoder_embed(latent)
+        n_mask = self.num_patches + 1 - x.shape[1]
+        x_ = torch.cat([x[:, 1:], self.mask_token.expand(x.shape[0], n_mask, -1)], dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def target(self, imgs: Tensor) -> Tensor:
+        """Per-patch regression target (normalised by each patch's mean/var if ``norm_pix_loss``)."""
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6) ** 0.5
+        return target
+
+    def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        loss = ((pred.float() - self.target(imgs).float()) ** 2).mean(dim=-1)
+        return (loss * mask).sum() / mask.sum()
+
+    def forward(self, imgs: Tensor, ids_shuffle: Tensor, len_keep: int) -> MAEOutput:
+        latent, mask = self.forward_encoder(imgs, ids_shuffle, len_keep)
+        pred = self.forward_decoder(latent, ids_shuffle)
+        return MAEOutput(self.forward_loss(imgs, pred, mask), pred, mask, latent)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"cls_token", "mask_token"}
+
+
+_layer_norm = partial(nn.LayerNorm, eps=1e-6)
+
+
+# Presets as data: encoder/decoder sizes of the MAE paper, plus tiny/small encoders for quick runs.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, decoder_embed_dim=128,
+                 decoder_depth=4, decoder_num_heads=4),
+    "small": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256,
+                  decoder_depth=4, decoder_num_heads=8),
+    "base": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512,
+                 decoder_depth=8, decoder_num_heads=16),
+    "large": dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16, decoder_embed_dim=512,
+                  decoder_depth=8, decoder_num_heads=16),
+    "huge": dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16, decoder_embed_dim=512,
+                 decoder_depth=8, decoder_num_heads=16),
+}
+
+
+def mae_vit(preset: str, **overrides: object) -> MaskedAutoencoderViT:
+    """Build a preset (``tiny|small|base|large|huge``), overriding any constructor argument."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown MAE preset {preset!r}; choose one of {sorted(PRESETS)}")
+    return MaskedAutoencoderViT(**{**PRESETS[preset], **overrides})  # type: ignore[arg-type]

@@ -1,0 +1,168 @@
+"""LightningModule for (Self-Guided) MAE pretraining. It only orchestrates: the model is
+``mae.MaskedAutoencoderViT``, the masks come from ``masking.SelfGuidedMasking``, the online probe is
+``probe.LinearProbe``."""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_mae.mae import MaskedAutoencoderViT
+from lightning_mae.masking import SelfGuidedMasking, random_ids_shuffle
+from lightning_mae.optim import param_groups_weight_decay, warmup_cosine
+from lightning_mae.probe import LinearProbe
+
+
+def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """``(images, labels)`` from an ``(images, labels)`` pair or a bare image tensor."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (list, tuple)) and len(batch) >= 1:
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    raise TypeError(f"expected an image tensor or an (images, labels) pair, got {type(batch).__name__}")
+
+
+class MAEPretraining(pl.LightningModule):
+    """Self-Guided MAE pretraining; plain MAE when ``masking.start_epoch`` is ``None``.
+
+    Args:
+        backbone: the masked autoencoder (default: ViT-B/16 with ``norm_pix_loss``).
+        masking: the masking schedule (default: ``SelfGuidedMasking()``).
+        blr: base learning rate; the actual lr is ``blr * effective_batch / 256`` where the effective
+            batch counts the per-device batch, devices, nodes and gradient accumulation.
+        lr: absolute learning rate; overrides ``blr`` when given.
+        weight_decay: AdamW weight decay (not applied to biases, norms and tokens).
+        betas: AdamW betas.
+        warmup_epochs: linear warm-up length in epochs (may be fractional); the schedule is per
+            optimizer step, then cosine to ``min_lr``.
+        min_lr: final learning rate of the cosine.
+        num_classes: classes of the online linear probe; ``0`` disables it (no labels needed).
+        probe_lr: learning rate of the probe head (same schedule shape as the backbone).
+        probe_features: ``"visible"`` probes the cls token of the masked forward (free);
+            ``"full"`` runs an extra no-grad forward of the unmasked image (the offline protocol's
+            feature, at the cost of a full encoder pass per step).
+    """
+
+    def __init__(
+        self,
+        backbone: MaskedAutoencoderViT | None = None,
+        masking: SelfGuidedMasking | None = None,
+        blr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_epochs: float = 40.0,
+        min_lr: float = 0.0,
+        num_classes: int = 0,
+        probe_lr: float = 1e-3,
+        probe_features: Literal["visible", "full"] = "visible",
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        # From the CLI the hparams hold the modules' configs; modules built in Python are not pickled
+        # into the hparams (their weights are in the state dict), so checkpoints load with weights_only.
+        for key in ("backbone", "masking"):
+            if isinstance(self.hparams.get(key), nn.Module):
+                self.hparams.pop(key)
+        self.backbone = backbone if backbone is not None else MaskedAutoencoderViT()
+        self.masking = masking if masking is not None else SelfGuidedMasking()
+        self.masking.layer(self.backbone.depth)  # fail now, not at start_epoch, on a bad source_layer
+        if probe_features not in ("visible", "full"):
+            raise ValueError(f"probe_features must be 'visible' or 'full', got {probe_features!r}")
+        self.probe = LinearProbe(self.backbone.cls_token.shape[-1], num_classes) if num_classes else None
+        self.val_probe_acc = MulticlassAccuracy(num_classes) if num_classes else None
+
+    # --- schedule state, derived from the trainer (so a resumed run continues where it was) -------
+    @property
+    def masks_informed(self) -> bool:
+        return self.masking.is_informed(self.current_epoch)
+
+    @property
+    def hint_ratio(self) -> float:
+        return self.masking.hint_ratio(self.current_epoch, self.trainer.max_epochs)
+
+    # --- steps -------------------------------------------------------------------------------------
+    def _probe_features(self, imgs: Tensor, latent: Tensor) -> Tensor:
+        if self.hparams.probe_features == "full":
+            with torch.no_grad():
+                return self.backbone.forward_features(imgs)[:, 0]
+        return latent[:, 0].detach()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        imgs, labels = split_batch(batch)
+        ids_shuffle = self.masking(imgs, self.backbone, self.current_epoch, self.trainer.max_epochs)
+        out = self.backbone(imgs, ids_shuffle, self.masking.len_keep(self.backbone.num_patches))
+        loss = out.loss
+        self.log("train/loss", out.loss, prog_bar=True, on_epoch=True)
+        self.log("mask/informed", float(self.masks_informed))
+        self.log("mask/hint_ratio", self.hint_ratio)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        if self.probe is not None and labels is not None:
+            logits = self.probe(self._probe_features(imgs, out.latent))
+            probe_loss = F.cross_entropy(logits, labels)
+            loss = loss + probe_loss  # the probe sees detached features: no gradient to the backbone
+            self.log("train/probe_loss", probe_loss, on_epoch=True)
+            self.log("train/probe_acc", (logits.argmax(-1) == labels).float().mean(), on_epoch=True)
+        return loss
+
+    def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
+        imgs, labels = split_batch(batch)
+        # The same random masks at every evaluation: val/loss curves are comparable across epochs.
+        gen = torch.Generator(imgs.device).manual_seed(batch_idx)
+        ids_shuffle = random_ids_shuffle(imgs.shape[0], self.backbone.num_patches, imgs.device, gen)
+        out = self.backbone(imgs, ids_shuffle, self.masking.len_keep(self.backbone.num_patches))
+        self.log(f"{stage}/loss", out.loss, prog_bar=True, sync_dist=True)
+        if self.probe is not None and labels is not None:
+            self.val_probe_acc(self.probe(self._probe_features(imgs, out.latent)), labels)
+            self.log(f"{stage}/probe_acc", self.val_probe_acc, prog_bar=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor | None]:
+        """cls-token features of the unmasked images (and labels), e.g. for an offline probe."""
+        imgs, labels = split_batch(batch)
+        return {"features": self.backbone.forward_features(imgs)[:, 0], "labels": labels}
+
+    # --- optimization -----------------------------------------------------------------------------
+    def effective_batch_size(self) -> int:
+        trainer = self.trainer
+        batch_size = getattr(trainer.train_dataloader, "batch_size", None)
+        if not batch_size:
+            raise RuntimeError("cannot scale the learning rate: the train DataLoader has no batch_size")
+        return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        total_steps = int(self.trainer.estimated_stepping_batches)  # also sets up the train loader
+        eff_batch = self.effective_batch_size()
+        lr = hp.lr if hp.lr is not None else hp.blr * eff_batch / 256
+        rank_zero_info(
+            f"effective batch {eff_batch} (per device x {self.trainer.world_size} processes x "
+            f"{self.trainer.accumulate_grad_batches} accumulation), lr {lr:.3g}, {total_steps} steps"
+        )
+        groups = param_groups_weight_decay(self.backbone, hp.weight_decay, self.backbone.no_weight_decay())
+        if self.probe is not None:
+            groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0, "lr": hp.probe_lr})
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(hp.betas))
+        max_epochs = self.trainer.max_epochs
+        steps_per_epoch = total_steps / max_epochs if max_epochs and max_epochs > 0 else total_steps
+        schedule = partial(
+            warmup_cosine, warmup_steps=hp.warmup_epochs * steps_per_epoch, total_steps=total_steps,
+            min_ratio=hp.min_lr / lr if lr > 0 else 0.0,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

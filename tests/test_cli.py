@@ -1,0 +1,91 @@
+"""The `lightning` command: every config parses, the demo runs, W&B offline files, DDP on CPU."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_mae.cli import cli
+from tests.conftest import EXPERIMENTS, run_lightning
+
+CONFIGS = sorted(EXPERIMENTS.glob("*.yaml"))
+DEMO = EXPERIMENTS / "sgmae_fmnist.yaml"
+# A short demo: few images and batches, so each run takes seconds.
+QUICK = ["--data.init_args.train_subset", "64", "--data.init_args.batch_size", "16",
+         "--data.init_args.num_workers", "0", "--trainer.limit_val_batches", "2"]
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"sgmae.yaml", "mae.yaml", "sgmae_fmnist.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_print_config_parses(config: Path, capsys, monkeypatch):
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"] and printed["data"]["class_path"]
+    assert printed["trainer"]["max_epochs"] or printed["trainer"]["max_steps"]
+
+
+def test_recipe_configs_differ_only_in_masking():
+    sg, mae = (yaml.safe_load((EXPERIMENTS / n).read_text()) for n in ("sgmae.yaml", "mae.yaml"))
+    assert sg["model"]["init_args"]["masking"]["init_args"]["start_epoch"] == 40
+    assert mae["model"]["init_args"]["masking"]["init_args"]["start_epoch"] is None
+    sg["model"]["init_args"]["masking"]["init_args"]["start_epoch"] = None
+    for cfg in (sg, mae):
+        cfg["trainer"].pop("default_root_dir"), cfg["trainer"]["logger"]["init_args"].pop("save_dir")
+    assert sg == mae
+    t = sg["trainer"]
+    eff = sg["data"]["init_args"]["batch_size"] * t["devices"] * t["num_nodes"] * t["accumulate_grad_batches"]
+    assert eff == 4096 and t["precision"] == "bf16-mixed" and t["max_epochs"] == 400
+
+
+def test_a_config_typo_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["fit", "--config", str(DEMO), "--model.init_args.masking.init_args.partitoin", "pca",
+             "--print_config"])
+    assert exit_info.value.code != 0
+    assert "partitoin" in capsys.readouterr().err
+
+
+def test_demo_fast_dev_run_through_the_lightning_command(tmp_path):
+    proc = run_lightning(["fit", "--config", str(DEMO), "--trainer.fast_dev_run", "2", *QUICK], cwd=tmp_path)
+    assert "Run directory:" in proc.stdout + proc.stderr
+
+
+def test_wandb_offline_run_writes_its_files(tmp_path):
+    args = ["fit", "--config", str(DEMO), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--trainer.log_every_n_steps", "1", *QUICK]
+    proc = run_lightning(args, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    [run] = list((tmp_path / "runs" / "sgmae_fmnist" / "wandb").glob("offline-run-*"))
+    run_id = run.name.split("-")[-1]
+    assert (run / f"run-{run_id}.wandb").stat().st_size > 0
+    # the resolved config: in the run directory and among the W&B run's files
+    config = yaml.safe_load((tmp_path / "runs/sgmae_fmnist/sgmae-fmnist" / run_id / "config.yaml").read_text())
+    assert config["model"]["init_args"]["masking"]["init_args"]["start_epoch"] == 2
+    assert (run / "files" / "config.yaml").is_file()
+    assert list((run / "files" / "media" / "images").glob("mask_panels_*.png"))
+    assert re.search(r"W&B run: .*offline.*wandb sync", out)
+    assert (tmp_path / "runs/sgmae_fmnist/sgmae-fmnist" / run_id / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_informed_masking(tmp_path):
+    args = ["fit", "--config", str(DEMO), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+            "--trainer.strategy", "ddp", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+            "--model.init_args.masking.init_args.start_epoch", "0", "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path), *QUICK]
+    proc = run_lightning(args, cwd=tmp_path, extra_env={"OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    # the lr follows the effective batch: 16 per process x 2 processes
+    assert "effective batch 32 (per device x 2 processes x 1 accumulation)" in out
+    assert "informed=1" in out  # RunSummary's final metrics: informed masks were used
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

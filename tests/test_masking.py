@@ -1,0 +1,147 @@
+"""Masking: random and self-guided informed masks, hints, and the schedule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_mae.masking import (
+    SelfGuidedMasking,
+    add_hints,
+    informed_ids_shuffle,
+    ncut_bipartition,
+    object_similarity,
+    pca_bipartition,
+    random_ids_shuffle,
+)
+
+GRID = 8  # 8x8 = 64 patches
+
+
+def two_region_embeddings(batch: int = 4, dim: int = 32, noise: float = 0.05, seed: int = 0):
+    """Embeddings of an 8x8 patch grid: a 4x4 'object' square (one direction) on a background
+    (an orthogonal direction), plus noise. The square sits at a different place in each image."""
+    g = torch.Generator().manual_seed(seed)
+    obj_vec, bg_vec = torch.zeros(dim), torch.zeros(dim)
+    obj_vec[0], bg_vec[1] = 1.0, 1.0
+    z, masks = [], []
+    for b in range(batch):
+        r, c = b % 4, (3 * b) % 5
+        mask = torch.zeros(GRID, GRID, dtype=torch.bool)
+        mask[r:r + 4, c:c + 4] = True
+        mask = mask.flatten()
+        emb = torch.where(mask[:, None], obj_vec, bg_vec) + noise * torch.randn(GRID * GRID, dim, generator=g)
+        z.append(F.normalize(emb, dim=-1))
+        masks.append(mask)
+    return torch.stack(z), torch.stack(masks)
+
+
+def assert_valid(ids: torch.Tensor, n: int) -> None:
+    assert ids.dtype == torch.long and ids.shape[1] == n
+    assert torch.equal(ids.sort(dim=1).values, torch.arange(n).expand_as(ids))
+
+
+def test_random_ids_is_a_permutation_with_exact_ratio():
+    ids = random_ids_shuffle(16, 196)
+    assert_valid(ids, 196)
+    masking = SelfGuidedMasking(mask_ratio=0.75)
+    assert masking.len_keep(196) == 49
+    assert not torch.equal(ids[0], ids[1])  # independent per image
+
+
+@pytest.mark.parametrize("partition", [ncut_bipartition, pca_bipartition])
+def test_bipartition_recovers_the_two_regions(partition):
+    z, obj = two_region_embeddings()
+    assert torch.equal(partition(z), obj)  # the smaller, distinct region is the object side
+
+
+def test_object_similarity_ranks_object_patches_first():
+    z, obj = two_region_embeddings()
+    s = object_similarity(z, obj)
+    assert (s[obj].min() > s[~obj].max()).item()
+
+
+@pytest.mark.parametrize("partition", ["ncut", "pca"])
+@pytest.mark.parametrize("mask_ratio", [0.75, 0.2])
+def test_informed_mask_takes_the_object_region_first(partition, mask_ratio):
+    z, obj = two_region_embeddings()
+    n = z.shape[1]
+    len_keep = int(n * (1 - mask_ratio))
+    ids = informed_ids_shuffle(z, len_keep, partition=partition)
+    assert_valid(ids, n)
+    masked = torch.zeros_like(obj).scatter(1, ids[:, len_keep:], True)
+    assert (masked.sum(1) == n - len_keep).all()  # the ratio is exact
+    if n - len_keep >= obj.sum(1).max():
+        assert (masked | ~obj).all()  # the whole object is masked
+    else:
+        assert (~masked | obj).all()  # every masked patch belongs to the object
+
+
+@pytest.mark.parametrize("selection", ["random", "lowest_score"])
+def test_hints_keep_the_ratio_and_swap_exactly_k(selection):
+    z, _ = two_region_embeddings()
+    n, len_keep = z.shape[1], 16
+    plain = informed_ids_shuffle(z, len_keep)
+    hinted = informed_ids_shuffle(z, len_keep, hint_ratio=0.25, hint_selection=selection)
+    assert_valid(hinted, n)
+    k = round(0.25 * (n - len_keep))
+    for b in range(z.shape[0]):
+        vis_plain, vis_hint = set(plain[b, :len_keep].tolist()), set(hinted[b, :len_keep].tolist())
+        assert len(vis_hint) == len_keep
+        assert len(vis_hint - vis_plain) == k  # k hints revealed, k visible patches re-masked
+    if selection == "lowest_score":
+        # the revealed hints are the least object-like masked patches
+        assert set(hinted[0, :len_keep].tolist()) >= set(plain[0, len_keep:len_keep + k].tolist())
+
+
+def test_add_hints_is_capped_by_the_visible_count():
+    ids = torch.arange(10)[None]
+    out = add_hints(ids, len_keep=2, num_hints=8)
+    assert_valid(out, 10)
+    assert set(out[0, :2].tolist()).isdisjoint({0, 1})  # both visible swapped, no more possible
+
+
+class CountingEncoder:
+    """Stands in for the MAE: records which layers the feature pass was asked for."""
+
+    num_patches, depth = GRID * GRID, 6
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.z, _ = two_region_embeddings(batch=2)
+
+    def patch_features(self, imgs, layer):
+        self.calls.append(layer)
+        return self.z
+
+
+def test_schedule_switches_at_start_epoch_and_anneals_hints():
+    masking = SelfGuidedMasking(mask_ratio=0.75, start_epoch=3, hint_start=0.4, hint_end=0.1)
+    encoder, imgs = CountingEncoder(), torch.zeros(2, 1, 8, 8)
+    for epoch in range(3):
+        assert not masking.is_informed(epoch) and masking.hint_ratio(epoch, 10) == 0.0
+        assert_valid(masking(imgs, encoder, epoch, 10), 64)
+    assert encoder.calls == []  # no feature pass during the random warm-up
+    assert masking.is_informed(3)
+    masking(imgs, encoder, 3, 10)
+    assert encoder.calls == [3]  # default source layer: depth // 2
+    ratios = [masking.hint_ratio(e, 10) for e in range(3, 10)]
+    assert ratios[0] == pytest.approx(0.4) and ratios[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(ratios, ratios[1:]))
+    assert not SelfGuidedMasking(start_epoch=None).is_informed(10**6)
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"mask_ratio": 1.0}, "mask_ratio"), ({"mask_ratio": 0.0}, "mask_ratio"),
+    ({"partition": "kmeans"}, "partition"), ({"hint_start": 1.5}, "hint_start"),
+    ({"start_epoch": -1}, "start_epoch"), ({"hint_selection": "best"}, "hint_selection"),
+])
+def test_impossible_options_are_rejected_by_name(kwargs, option):
+    with pytest.raises(ValueError, match=option):
+        SelfGuidedMasking(**kwargs)
+
+
+def test_source_layer_beyond_depth_is_rejected():
+    with pytest.raises(ValueError, match="source_layer"):
+        SelfGuidedMasking(source_layer=13).layer(12)

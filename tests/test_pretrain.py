@@ -1,0 +1,134 @@
+"""The pretraining LightningModule: lr scaling, schedule, probe, panels, resume."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_mae import MAEPretraining, MaskedAutoencoderViT, MaskPanels, SelfGuidedMasking, mask_panel
+from lightning_mae.optim import warmup_cosine
+
+
+def tiny_module(start_epoch: int | None = 1, **kw) -> MAEPretraining:
+    backbone = MaskedAutoencoderViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    masking = SelfGuidedMasking(start_epoch=start_epoch, hint_start=0.5, hint_end=0.0)
+    return MAEPretraining(backbone, masking, warmup_epochs=1, num_classes=kw.pop("num_classes", 2), **kw)
+
+
+class Data(pl.LightningDataModule):
+    def __init__(self, n: int = 32, batch_size: int = 8) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.labels = torch.arange(n) % 2
+        self.images = torch.randn(n, 1, 16, 16, generator=g) + self.labels[:, None, None, None] * 2.0
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(self.images, self.labels), batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(self.images, self.labels), batch_size=self.batch_size)
+
+
+def trainer(tmp_path, **kw) -> pl.Trainer:
+    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return pl.Trainer(**{**defaults, **kw})
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 10, 110) == 0.0
+    assert warmup_cosine(5, 10, 110) == 0.5
+    assert warmup_cosine(10, 10, 110) == 1.0
+    assert warmup_cosine(60, 10, 110) == pytest.approx(0.5)
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_lr_scales_with_the_effective_batch(tmp_path):
+    module = tiny_module(blr=1e-3)
+    trainer(tmp_path, max_epochs=2, accumulate_grad_batches=2, limit_val_batches=0).fit(module, Data(batch_size=8))
+    assert module.effective_batch_size() == 8 * 1 * 2
+    optimizer = module.trainer.optimizers[0]
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 16 / 256)
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+    # biases/norms/tokens are not decayed
+    no_decay = {id(p) for p in optimizer.param_groups[1]["params"]}
+    assert id(module.backbone.cls_token) in no_decay and id(module.backbone.norm.weight) in no_decay
+    assert id(module.backbone.blocks[0].attn.qkv.weight) not in no_decay
+    # 32 images / 8 per batch / 2 accumulation = 2 optimizer steps per epoch; 4 in all; warm-up = 1 epoch
+    assert module.trainer.global_step == 4
+    scheduler = module.trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"
+    assert scheduler.scheduler.lr_lambdas[0](1) == pytest.approx(0.5)
+    assert scheduler.scheduler.lr_lambdas[0](3) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_probe_sees_detached_features():
+    module = tiny_module()
+    imgs = torch.randn(4, 1, 16, 16)
+    out = module.backbone(imgs, torch.arange(16).expand(4, -1), 4)
+    assert out.latent.requires_grad and not module._probe_features(imgs, out.latent).requires_grad
+    full = tiny_module(probe_features="full")
+    feats = full._probe_features(imgs, out.latent)
+    assert feats.shape == (4, 32) and not feats.requires_grad
+
+
+class Recorder(pl.Callback):
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[bool, float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen[trainer.current_epoch] = (pl_module.masks_informed, pl_module.hint_ratio)
+
+
+class StopAfter(pl.Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_masking_schedule(tmp_path):
+    full = Recorder()
+    trainer(tmp_path, max_epochs=4, callbacks=[full], limit_val_batches=0).fit(tiny_module(start_epoch=2), Data())
+    assert full.seen == {0: (False, 0.0), 1: (False, 0.0), 2: (True, 0.5), 3: (True, 0.0)}
+
+    first = Recorder()
+    t1 = trainer(tmp_path, max_epochs=4, callbacks=[first, StopAfter(2)], limit_val_batches=0)
+    t1.fit(tiny_module(start_epoch=2), Data())
+    ckpt = tmp_path / "interrupted.ckpt"
+    t1.save_checkpoint(ckpt)
+    assert set(first.seen) == {0, 1}
+
+    resumed = Recorder()
+    t2 = trainer(tmp_path, max_epochs=4, callbacks=[resumed], limit_val_batches=0)
+    t2.fit(tiny_module(start_epoch=2), Data(), ckpt_path=ckpt)
+    assert resumed.seen == {2: full.seen[2], 3: full.seen[3]}  # informed from the first resumed epoch
+
+
+def test_mask_panel_columns():
+    module = tiny_module()
+    imgs = torch.randn(3, 1, 16, 16)
+    panel = mask_panel(module.backbone, module.masking, imgs, epoch=0, max_epochs=4)
+    # 3 rows of 4 tiles of 16 px with 2 px padding
+    assert panel.shape == (3, 3 * 18 + 2, 4 * 18 + 2)
+    assert 0.0 <= panel.min() and panel.max() <= 1.0
+
+
+def test_panels_are_png_files_without_wandb(tmp_path):
+    logger = CSVLogger(tmp_path, name="csv")
+    t = trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[MaskPanels(every_n_epochs=1, num_images=2)],
+                limit_train_batches=2, limit_val_batches=1, log_every_n_steps=1)
+    t.fit(tiny_module(), Data())
+    panels = sorted((tmp_path / "csv" / "version_0" / "panels").glob("*.png"))
+    assert [p.name for p in panels] == ["epoch_0000.png", "epoch_0001.png"]
+    assert (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().count("mask/informed") == 1
