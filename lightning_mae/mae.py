@@ -65,6 +65,12 @@ class MaskedAutoencoderViT(nn.Module):
         for name, dim, heads in (("", embed_dim, num_heads), ("decoder_", decoder_embed_dim, decoder_num_heads)):
             if dim % heads:
                 raise ValueError(f"{name}embed_dim={dim} is not divisible by {name}num_heads={heads}")
+        # Constructor arguments, stored in checkpoints so an encoder can be rebuilt from one file.
+        self.config = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
+        )
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
         self.depth = depth
         self.norm_pix_loss = norm_pix_loss

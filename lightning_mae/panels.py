@@ -100,7 +100,9 @@ class MaskPanels(pl.Callback):
         caption = "input | random mask | informed mask | reconstruction"
         wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if wandb is not None:
-            wandb.log_image("mask_panels", [panel], step=trainer.global_step, caption=[f"epoch {epoch}: {caption}"])
+            # uint8 HWC: W&B's own float-tensor conversion is not reliable across versions
+            image = panel.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            wandb.log_image("mask_panels", [image], step=trainer.global_step, caption=[f"epoch {epoch}: {caption}"])
             self.location = f"W&B run {wandb.experiment.dir} (media/images/mask_panels_*)"
         else:
             path = Path(run_dir(trainer), "panels", f"epoch_{epoch:04d}.png")

@@ -137,6 +137,11 @@ class MAEPretraining(pl.LightningModule):
         imgs, labels = split_batch(batch)
         return {"features": self.backbone.forward_features(imgs)[:, 0], "labels": labels}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The architecture travels with the weights (``state_dict`` keys ``backbone.*``), so downstream
+        # code can rebuild the encoder from the checkpoint alone.
+        checkpoint["mae_config"] = dict(self.backbone.config)
+
     # --- optimization -----------------------------------------------------------------------------
     def effective_batch_size(self) -> int:
         trainer = self.trainer

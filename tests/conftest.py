@@ -23,7 +23,8 @@ def run_lightning(args: list[str], cwd: Path, timeout: int = 600, extra_env: dic
     proc = subprocess.run([str(LIGHTNING), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode != 0:
-        pytest.fail(f"lightning {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        pytest.fail(f"lightning {' '.join(args)} exited {proc.returncode}\n"
+                    f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
 
 

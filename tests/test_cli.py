@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from lightning_mae.cli import cli
 from tests.conftest import EXPERIMENTS, run_lightning
@@ -72,7 +74,9 @@ def test_wandb_offline_run_writes_its_files(tmp_path):
     config = yaml.safe_load((tmp_path / "runs/sgmae_fmnist/sgmae-fmnist" / run_id / "config.yaml").read_text())
     assert config["model"]["init_args"]["masking"]["init_args"]["start_epoch"] == 2
     assert (run / "files" / "config.yaml").is_file()
-    assert list((run / "files" / "media" / "images").glob("mask_panels_*.png"))
+    [panel] = list((run / "files" / "media" / "images").glob("mask_panels_*.png"))
+    pixels = np.asarray(Image.open(panel).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10  # a real picture, not a blank tile
     assert re.search(r"W&B run: .*offline.*wandb sync", out)
     assert (tmp_path / "runs/sgmae_fmnist/sgmae-fmnist" / run_id / "checkpoints" / "last.ckpt").is_file()
 

@@ -108,6 +108,8 @@ def test_resume_keeps_the_masking_schedule(tmp_path):
     ckpt = tmp_path / "interrupted.ckpt"
     t1.save_checkpoint(ckpt)
     assert set(first.seen) == {0, 1}
+    saved = torch.load(ckpt, weights_only=True)  # plain data only: loadable without trusting pickles
+    assert saved["mae_config"]["embed_dim"] == 32 and saved["epoch"] == 2  # the next epoch to run
 
     resumed = Recorder()
     t2 = trainer(tmp_path, max_epochs=4, callbacks=[resumed], limit_val_batches=0)
