@@ -36,3 +36,25 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# ---------------------------------------------------------------- Neural Experts (lightning_inr)
+.PHONY: kodak bench-inr inr-image inr-audio inr-sdf
+KODAK_DIR  ?= ../shared/data/kodak
+KODAK_ARGS ?=
+
+# Fit every Kodak image of $(KODAK_DIR) with every method and write runs/kodak/table.md
+# (e.g. `make kodak KODAK_ARGS="--images kodim19.png --methods neural_experts siren --steps 2000"`).
+kodak: install
+	$(PY) -m lightning_inr.kodak --folder $(KODAK_DIR) --out runs/kodak $(KODAK_ARGS)
+
+bench-inr: install
+	$(PY) -m lightning_inr.bench
+
+inr-image: install
+	$(CLI) fit --config experiments/inr_image.yaml
+
+inr-audio: install
+	$(CLI) fit --config experiments/inr_audio.yaml
+
+inr-sdf: install
+	$(CLI) fit --config experiments/inr_sdf.yaml

@@ -122,8 +122,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (1 is steadier on a busy machine)")
     parser.add_argument("--out", default="runs/bench/mae_masking.json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     device = torch.device(args.device)

@@ -1,0 +1,58 @@
+"""Common plumbing of the single-signal DataModules (image, audio, SDF) of ``lightning_inr``.
+
+One signal is fitted with the whole signal as every batch (the official full-batch recipe), so an
+"epoch" is just ``steps_per_epoch`` steps; validation is one evaluation of the whole signal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class _Repeat(Dataset):
+    """``length`` items, each made by ``make()`` (the same full batch, or a fresh sample)."""
+
+    def __init__(self, make: Callable[[], dict], length: int) -> None:
+        self.make, self.length = make, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.make()
+
+
+class SignalDataModule(pl.LightningDataModule):
+    """Base: subclasses load their signal in ``setup`` and implement ``train_batch``."""
+
+    in_dim: int
+    out_dim: int
+
+    def __init__(self, steps_per_epoch: int = 100) -> None:
+        super().__init__()
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+        self.steps_per_epoch = steps_per_epoch
+
+    def train_batch(self) -> dict:
+        raise NotImplementedError
+
+    def pretraining_coords(self) -> torch.Tensor:
+        """Points on which the manager learns its label map."""
+        raise NotImplementedError
+
+    def pretraining_values(self) -> torch.Tensor | None:
+        """Signal values at those points (for a k-means label map); ``None`` if not meaningful."""
+        return None
+
+    def train_dataloader(self) -> DataLoader:
+        # batch_size=None: items are already whole batches; no worker processes for one tensor.
+        return DataLoader(_Repeat(self.train_batch, self.steps_per_epoch), batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        # The task evaluates the whole signal itself; the loader only triggers one validation step.
+        return DataLoader(_Repeat(lambda: {"index": torch.zeros(1)}, 1), batch_size=None, num_workers=0)

@@ -1,0 +1,131 @@
+"""Speed and memory of Neural Experts on CPU/GPU: iteration time vs K, sparse vs dense rendering.
+
+    python -m lightning_inr.bench --size 128 --experts 2 4 8 16 --render-size 512 --render-experts 8
+
+Timings are ratios measured in one process (noisy on a shared machine: read the ratios, not the
+seconds). Training memory is measured exactly as the bytes autograd keeps for the backward pass
+(saved activations) plus parameters, gradients and Adam state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lightning_inr.experts import NeuralExperts
+from lightning_inr.inference import render
+from lightning_inr.inr import INR
+from lightning_inr.losses import q_weighted_mse
+
+
+def grid(size: int) -> torch.Tensor:
+    lin = torch.linspace(-1, 1, size)
+    return torch.stack(torch.meshgrid(lin, lin, indexing="ij"), -1).reshape(-1, 2)
+
+
+def make_step(network: torch.nn.Module, coords: torch.Tensor):
+    """A closure running one full-batch training step (forward, backward, Adam)."""
+    target = torch.rand(coords.shape[0], network.out_dim) * 2 - 1
+    opt = torch.optim.Adam(network.parameters(), lr=1e-5)
+
+    def step() -> torch.Tensor:
+        out = network(coords)
+        loss = 1000 * q_weighted_mse(out.expert_preds, target, out.q)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, target
+
+
+def training_memory_mib(network: torch.nn.Module, coords: torch.Tensor, target: torch.Tensor) -> float:
+    """Bytes autograd saves for backward + parameters, gradients and Adam's two moments, in MiB."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        storage = t.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = network(coords)
+        q_weighted_mse(out.expert_preds, target, out.q)
+    params = sum(p.numel() * p.element_size() for p in network.parameters())
+    return (sum(saved.values()) + 4 * params) / 2**20
+
+
+def render_speedup(k: int, size: int, repeats: int, chunk: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    network = NeuralExperts(n_experts=k).eval()
+    coords = grid(size)
+    timings = {}
+    for name, sparse in (("dense", False), ("sparse", True)):
+        render(network, coords[:chunk], chunk, sparse)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = render(network, coords, chunk, sparse)
+        timings[name] = (time.perf_counter() - start) / repeats
+        timings[f"{name}_pred"] = out.pred
+    same = torch.allclose(timings.pop("dense_pred"), timings.pop("sparse_pred"), rtol=1e-5, atol=1e-6)
+    return {"dense_s": timings["dense"], "sparse_s": timings["sparse"],
+            "speedup": timings["dense"] / timings["sparse"], "outputs_match": bool(same)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=128, help="training image side (full batch)")
+    parser.add_argument("--experts", type=int, nargs="*", default=[2, 4, 8, 16])
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds (one training step per model each)")
+    parser.add_argument("--render-size", type=int, default=512)
+    parser.add_argument("--render-experts", type=int, default=8)
+    parser.add_argument("--render-repeats", type=int, default=1)
+    parser.add_argument("--chunk", type=int, default=65536)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+
+    coords = grid(args.size)
+    torch.manual_seed(0)
+    results: dict = {"points": coords.shape[0], "train": {}}
+    models = {"siren": INR(), "siren_wider": INR(width=512)}
+    models.update({f"neural_experts_k{k}": NeuralExperts(n_experts=k) for k in args.experts})
+    steps = {name: make_step(net, coords) for name, net in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for step, _ in steps.values():
+        step()  # warm-up (allocations, Adam state)
+    # Round-robin: every model steps once per round, so a burst of load from other processes
+    # hits all of them alike; the median over rounds is reported.
+    for _ in range(args.steps):
+        for name, (step, _) in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    for name, network in models.items():
+        cost = {
+            "seconds_per_step": statistics.median(times[name]),
+            "memory_mib": training_memory_mib(network, coords, steps[name][1]),
+            "parameters": sum(p.numel() for p in network.parameters()),
+        }
+        results["train"][name] = cost
+        print(f"{name:22s} {cost['parameters']:>9,d} params  {cost['seconds_per_step']:.3f} s/step  "
+              f"{cost['memory_mib']:.0f} MiB", flush=True)
+    base = results["train"]["siren"]["seconds_per_step"]
+    for cost in results["train"].values():
+        cost["time_vs_siren"] = cost["seconds_per_step"] / base
+    results["render"] = render_speedup(args.render_experts, args.render_size, args.render_repeats, args.chunk)
+    r = results["render"]
+    print(f"render {args.render_size}² K={args.render_experts}: dense {r['dense_s']:.2f} s, "
+          f"sparse {r['sparse_s']:.2f} s, "
+          f"speed-up {r['speedup']:.2f}×, outputs match: {r['outputs_match']}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
+if __name__ == "__main__":
+    main()

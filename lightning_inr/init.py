@@ -1,0 +1,34 @@
+"""Weight initialisations of coordinate networks (applied in place, weights laid out ``(..., in, out)``).
+
+``siren`` follows the official Neural Experts code: a network's first layer is ``U(±1/fan_in)``
+when it reads raw 2-D/3-D coordinates, every other layer ``U(±√(6/fan_in)/ω₀)``; biases are zero.
+With 1-D input (audio) the first-layer rule does not apply there either (SIREN's own audio recipe
+uses a first-layer ω₀ of 3000 instead: see ``first_omega`` of the encoders). ``kaiming``: normal
+with std √(2/fan_in), zero bias (the Softplus/ReLU networks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+InitName = Literal["siren", "kaiming"]
+
+
+@torch.no_grad()
+def init_layer_(weight: torch.Tensor, bias: torch.Tensor, scheme: InitName, first: bool, omega: float = 30.0) -> None:
+    """Initialise one layer (``weight`` shaped ``(..., fan_in, fan_out)``) in place."""
+    fan_in = weight.shape[-2]
+    if scheme == "siren":
+        if first and fan_in in (2, 3):
+            bound = 1.0 / fan_in
+        else:
+            bound = math.sqrt(6.0 / fan_in) / omega
+        weight.uniform_(-bound, bound)
+    elif scheme == "kaiming":
+        weight.normal_(0.0, math.sqrt(2.0 / fan_in))
+    else:
+        raise ValueError(f"init must be siren|kaiming, got {scheme!r}")
+    bias.zero_()

@@ -1,0 +1,124 @@
+"""Networks of lightning_inr: official parameter counts, batched experts, conditioning, activations."""
+
+import math
+
+import pytest
+import torch
+
+from lightning_inr import INR, MLP, Finer, FourierFeatures, NeuralExperts
+from lightning_inr.experts import condition
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    ("network", "expected"),
+    [
+        (lambda: INR(), 99_843),  # SIREN baseline
+        (lambda: INR(width=512), 642_819),  # SIREN wider
+        (lambda: NeuralExperts(), 365_968),  # Neural Experts K = 4
+        (lambda: NeuralExperts(conditioning="none"), 349_584),  # naive MoE
+    ],
+    ids=["siren", "siren_wider", "neural_experts", "naive_moe"],
+)
+def test_official_parameter_counts(network, expected):
+    assert n_params(network()) == expected
+
+
+def test_batched_experts_equal_a_loop_over_experts():
+    torch.manual_seed(0)
+    bank = MLP(16, 32, 3, out_dim=3, n_copies=5)
+    x = torch.randn(50, 16)
+    batched = bank(x)
+    assert batched.shape == (5, 50, 3)
+    for k in range(5):
+        single = MLP(16, 32, 3, out_dim=3)
+        with torch.no_grad():
+            for w_s, b_s, w_b, b_b in zip(single.weights, single.biases, bank.weights, bank.biases):
+                w_s.copy_(w_b[k])
+                b_s.copy_(b_b[k])
+        torch.testing.assert_close(batched[k], single(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bank.forward_copy(x, k), single(x), rtol=1e-5, atol=1e-6)
+
+
+def test_experts_are_independent_networks():
+    bank = MLP(8, 16, 2, out_dim=1, n_copies=3)
+    assert not torch.equal(bank.weights[1][0], bank.weights[1][1])  # each expert its own init
+
+
+def test_hard_top1_output_is_the_argmax_expert():
+    torch.manual_seed(0)
+    net = NeuralExperts(n_experts=3, encoder_width=16, expert_width=16, manager_encoder_width=16, manager_width=16)
+    out = net(torch.rand(100, 2) * 2 - 1)
+    assert torch.equal(out.selected, out.q.argmax(-1))
+    picked = out.expert_preds[out.selected, torch.arange(100)]
+    torch.testing.assert_close(out.pred, picked)
+    torch.testing.assert_close(out.q.sum(-1), torch.ones(100))
+
+
+@pytest.mark.parametrize("mode", ["cat", "max", "mean"])
+def test_conditioning_gradient_reaches_the_expert_encoder(mode):
+    torch.manual_seed(0)
+    net = NeuralExperts(n_experts=2, encoder_width=16, expert_width=16, manager_encoder_width=16,
+                        manager_width=16, conditioning=mode)
+    net.manager_logits(torch.rand(30, 2)).sum().backward()
+    grads = [p.grad for p in net.expert_encoder.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in net.experts.parameters())  # experts are not in the routing
+
+
+def test_no_conditioning_keeps_the_manager_away_from_the_expert_encoder():
+    net = NeuralExperts(n_experts=2, encoder_width=16, expert_width=16, manager_encoder_width=16,
+                        manager_width=16, conditioning="none")
+    net.manager_logits(torch.rand(30, 2)).sum().backward()
+    assert all(p.grad is None for p in net.expert_encoder.parameters())
+
+
+def test_condition_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="conditioning"):
+        condition(torch.zeros(2, 3), torch.zeros(2, 3), "sum")
+    with pytest.raises(ValueError, match="conditioning"):
+        NeuralExperts(conditioning="sum")
+
+
+def test_max_conditioning_broadcasts_a_global_pool():
+    m, e = torch.randn(5, 3), torch.randn(5, 4)
+    out = condition(m, e, "max")
+    assert out.shape == (5, 7)
+    torch.testing.assert_close(out[:, 3:], e.max(0).values.expand(5, 4))
+
+
+def test_siren_init_bounds():
+    net = INR(encoder_width=64, width=64)
+    first = net.encoder.mlp.weights[0]
+    assert first.abs().max() <= 1 / 2 and first.abs().max() > 0.4  # U(±1/fan_in), fan_in = 2
+    hidden = net.head.weights[1]
+    bound = math.sqrt(6 / 64) / 30
+    assert hidden.abs().max() <= bound and hidden.abs().max() > 0.9 * bound
+    assert all(torch.count_nonzero(b) == 0 for b in net.head.biases)
+
+
+def test_finer_gradient_treats_the_scale_as_constant():
+    z = torch.tensor([0.3], requires_grad=True)
+    Finer(omega=2.0)(z).backward()
+    scale = 1.3
+    expected = math.cos(2.0 * scale * 0.3) * 2.0 * scale  # d/dz sin(ω·s·z) with s fixed
+    assert z.grad.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_fourier_features_layout():
+    ff = FourierFeatures(2, 8, sigma=3.0)
+    x = torch.rand(10, 2)
+    y = ff(x)
+    assert y.shape == (10, 2 + 16)
+    torch.testing.assert_close(y[:, :2], x)
+    # sin² + cos² of each frequency sums to 1/m after the 1/√m scaling
+    torch.testing.assert_close(y[:, 2:10] ** 2 + y[:, 10:] ** 2, torch.full((10, 8), 1 / 8))
+
+
+def test_softplus_ff_network_builds_and_runs():
+    net = INR(activation="softplus", init="kaiming", fourier_features=64)
+    assert net.encoder.mlp.weights[0].shape == (130, 128)
+    assert net(torch.rand(7, 2)).pred.shape == (7, 3)
