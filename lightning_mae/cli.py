@@ -40,7 +40,7 @@ class RunConfigSaver(SaveConfigCallback):
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / self.config_filename
-        self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+        self.parser.save(self.config, path, skip_unset=False, overwrite=True, multifile=False)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)

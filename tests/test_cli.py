@@ -57,9 +57,13 @@ def test_a_config_typo_is_an_error(capsys):
     assert "partitoin" in capsys.readouterr().err
 
 
-def test_demo_fast_dev_run_through_the_lightning_command(tmp_path):
-    proc = run_lightning(["fit", "--config", str(DEMO), "--trainer.fast_dev_run", "2", *QUICK], cwd=tmp_path)
-    assert "Run directory:" in proc.stdout + proc.stderr
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_demo_fast_dev_run_through_the_lightning_command(tmp_path, precision):
+    args = ["fit", "--config", str(DEMO), "--trainer.fast_dev_run", "2", "--trainer.precision", precision,
+            "--model.init_args.masking.init_args.start_epoch", "0", *QUICK]
+    out = run_lightning(args, cwd=tmp_path)
+    assert "Run directory:" in out.stdout + out.stderr
+    assert "mask/informed=1" in out.stdout + out.stderr
 
 
 def test_wandb_offline_run_writes_its_files(tmp_path):
@@ -73,6 +77,7 @@ def test_wandb_offline_run_writes_its_files(tmp_path):
     # the resolved config: in the run directory and among the W&B run's files
     config = yaml.safe_load((tmp_path / "runs/sgmae_fmnist/sgmae-fmnist" / run_id / "config.yaml").read_text())
     assert config["model"]["init_args"]["masking"]["init_args"]["start_epoch"] == 2
+    assert "data_dir" in config["data"]["init_args"]  # None-valued knobs are written too
     assert (run / "files" / "config.yaml").is_file()
     [panel] = list((run / "files" / "media" / "images").glob("mask_panels_*.png"))
     pixels = np.asarray(Image.open(panel).convert("L"), dtype=np.float32)
