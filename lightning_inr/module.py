@@ -116,8 +116,10 @@ class SignalFit(pl.LightningModule):
         self._active = index
         stage = stages[index]
         set_trainable(self.network, stage.train)
-        for opt in self.trainer.optimizers if self._trainer is not None else []:
-            reset_optimizer_state(opt)
+        # Reset only at a switch: at the first step (fresh or resumed) the state is empty or restored.
+        if leaving is not None and self._trainer is not None:
+            for opt in self.trainer.optimizers:
+                reset_optimizer_state(opt)
         log.info("stage %r from step %d (train=%s)", stage.name, self.global_step, stage.train)
 
     # ------------------------------------------------------------------ pretrained manager
