@@ -58,3 +58,29 @@ inr-audio: install
 
 inr-sdf: install
 	$(CLI) fit --config experiments/inr_sdf.yaml
+
+# ---------------------------------------------------------------- Downstream evaluation (issue 4)
+.PHONY: downstream coco ade20k downstream-ckpt
+DOWNSTREAM_OUT  ?= runs/downstream
+DOWNSTREAM_ARGS ?=
+
+downstream-ckpt:
+	@if [ -z "$(CKPT)" ]; then echo "CKPT is required, e.g. make $(MAKECMDGOALS) CKPT=runs/sgmae_fmnist/sgmae-fmnist/<run>/checkpoints/last.ckpt (several: CKPT=\"a.ckpt b.ckpt\")" >&2; exit 2; fi
+	@for c in $(CKPT); do [ -f "$$c" ] || { echo "CKPT: no such file: $$c" >&2; exit 2; }; done
+
+# Linear probe + fine-tune of each checkpoint on Fashion-MNIST (and on the datasets given in
+# DOWNSTREAM_ARGS, e.g. "--imagenet /data/imagenet --cub /data/CUB_200_2011"); writes results.md/.csv.
+downstream: downstream-ckpt install
+	$(PY) -m lightning_mae.downstream $(foreach c,$(CKPT),--ckpt $(c)) --out_dir $(DOWNSTREAM_OUT) $(DOWNSTREAM_ARGS)
+
+# COCO detection + instance segmentation (Mask R-CNN, ViTDet pyramid): make coco CKPT=... COCO_DIR=/data/coco
+COCO_DIR  ?= data/coco
+COCO_ARGS ?=
+coco: downstream-ckpt install
+	$(CLI) fit --config experiments/coco_det.yaml --model.init_args.checkpoint $(CKPT) --data.init_args.data_dir $(COCO_DIR) $(COCO_ARGS)
+
+# ADE20K semantic segmentation (UperNet): make ade20k CKPT=... ADE20K_DIR=/data/ADEChallengeData2016
+ADE20K_DIR  ?= data/ADEChallengeData2016
+ADE20K_ARGS ?=
+ade20k: downstream-ckpt install
+	$(CLI) fit --config experiments/ade20k_seg.yaml --model.init_args.checkpoint $(CKPT) --data.init_args.data_dir $(ADE20K_DIR) $(ADE20K_ARGS)

@@ -14,8 +14,9 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from timm.data import create_transform
+from timm.data.auto_augment import posterize as _timm_posterize
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.loaders import make_loader
@@ -43,11 +44,22 @@ def classification_transform(
         return create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=eval_crop_ratio,
                                 mean=tuple(mean), std=tuple(std))
     finetune = recipe == "finetune"
-    return create_transform(
+    transform = create_transform(
         img_size, is_training=True, scale=tuple(crop_scale), hflip=0.5 if hflip else 0.0, color_jitter=None,
         auto_augment=auto_augment if finetune else None, interpolation="bicubic",
         re_prob=re_prob if finetune else 0.0, re_mode="pixel", re_count=1, mean=tuple(mean), std=tuple(std),
     )
+    for step in getattr(transform, "transforms", []):
+        for op in getattr(step, "ops", []):
+            if getattr(op, "aug_fn", None) is _timm_posterize:
+                op.aug_fn = _posterize_at_least_one_bit
+    return transform
+
+
+def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: object) -> Image.Image:
+    # timm's increasing posterize asks for 0 bits at magnitude 10, which Pillow >= 11 rejects (older
+    # Pillow returned a black image); keep 1 bit instead.
+    return img if bits_to_keep >= 8 else ImageOps.posterize(img, max(1, bits_to_keep))
 
 
 class ImageFiles(Dataset):

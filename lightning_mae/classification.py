@@ -94,6 +94,11 @@ class ClassificationModule(pl.LightningModule):
         elif data_classes is not None and data_classes != self.num_classes:
             raise ValueError(f"num_classes={self.num_classes} but the DataModule has {data_classes} classes")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A head sized from the DataModule must be rebuilt by ``load_from_checkpoint`` before the weights load.
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"]["num_classes"] = self.num_classes
+
     # --- steps ----------------------------------------------------------------------------------------
     def features(self, imgs: Tensor) -> Tensor:
         return self.encoder(imgs)
@@ -110,6 +115,11 @@ class ClassificationModule(pl.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        # Lets a runner tell whether the metrics in ``trainer.callback_metrics`` are the final model's.
+        if not self.trainer.sanity_checking:
+            self.validated_epoch = self.current_epoch
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")

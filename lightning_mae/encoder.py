@@ -17,7 +17,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from lightning_mae.mae import sincos_pos_embed
+from lightning_mae.mae import init_mae_weights, sincos_pos_embed
 
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -34,7 +34,7 @@ class ViTEncoder(nn.Module):
         drop_path_rate: stochastic depth, rising linearly over the blocks up to this value.
         global_pool: ``"token"`` = the cls token after the final norm (MAE's linear probe);
             ``"avg"`` = mean of the patch tokens followed by a fresh ``fc_norm`` (MAE's fine-tune;
-            the final ``norm`` is then unused, as in the official code).
+            there is no final ``norm`` then, as in the official code).
     """
 
     def __init__(
@@ -72,23 +72,12 @@ class ViTEncoder(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=_layer_norm)
             for rate in rates
         )
-        self.norm = _layer_norm(embed_dim)
+        # With global pooling the final norm is replaced by ``fc_norm`` after pooling (as in the official
+        # code); an unused ``norm`` would also break DDP, which expects every parameter to get a gradient.
+        self.norm = _layer_norm(embed_dim) if global_pool == "token" else nn.Identity()
         self.fc_norm = _layer_norm(embed_dim) if global_pool == "avg" else None
-        self._init_weights()
-
-    def _init_weights(self) -> None:
         # Same initialisation as the MAE encoder, so a randomly initialised encoder is a fair baseline.
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_mae_weights(self)
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "pos_embed"}
@@ -115,7 +104,7 @@ class ViTEncoder(nn.Module):
         x, _, _ = self._tokens(imgs)
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x) if self.global_pool == "token" else x
+        return self.norm(x)
 
     def pool(self, tokens: Tensor) -> Tensor:
         """The image feature ``[B, D]`` from ``forward_features``' tokens."""

@@ -74,8 +74,8 @@ class FineTuning(ClassificationModule):
         enc = build_encoder(checkpoint, encoder, global_pool=global_pool,
                             **({"drop_path_rate": drop_path} if encoder is None else {}))
         super().__init__(enc, num_classes)
+        self.mixup_fn: Mixup | None = None  # built with the head, once the classes are known
         self.finish_init(encoder)
-        self.mixup_fn: Mixup | None = None
 
     def build_head(self, num_classes: int) -> nn.Module:
         head = nn.Linear(self.encoder.embed_dim, num_classes)

@@ -32,8 +32,11 @@ class LinearProbing(ClassificationModule):
             LayerNorm that stays at its initialisation, as in the official code).
         blr: base learning rate; lr = ``blr * effective_batch / 256``.
         lr: absolute learning rate; overrides ``blr``.
-        weight_decay: LARS weight decay (0 in the recipe).
-        momentum: LARS momentum.
+        weight_decay: weight decay (0 in the recipe).
+        optimizer: ``"lars"`` (the recipe, made for thousands of steps at a 16k batch) or ``"sgd"``
+            (plain momentum SGD, for CPU-sized budgets of a few dozen steps where LARS' trust ratio
+            keeps the head near its initialisation).
+        momentum: momentum of either optimizer.
         trust_coeff: LARS trust coefficient.
         warmup_epochs: linear warm-up (per step), then cosine to ``min_lr``.
         min_lr: final learning rate.
@@ -48,11 +51,14 @@ class LinearProbing(ClassificationModule):
         blr: float = 0.1,
         lr: float | None = None,
         weight_decay: float = 0.0,
+        optimizer: Literal["lars", "sgd"] = "lars",
         momentum: float = 0.9,
         trust_coeff: float = 0.001,
         warmup_epochs: float = 10.0,
         min_lr: float = 0.0,
     ) -> None:
+        if optimizer not in ("lars", "sgd"):
+            raise ValueError(f"optimizer must be 'lars' or 'sgd', got {optimizer!r}")
         enc = build_encoder(checkpoint, encoder, global_pool=global_pool)
         super().__init__(enc, num_classes)
         self.finish_init(encoder)
@@ -91,4 +97,6 @@ class LinearProbing(ClassificationModule):
 
     def make_optimizer(self, groups: list[dict], lr: float) -> torch.optim.Optimizer:
         hp = self.hparams
+        if hp.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         return Lars(groups, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay, trust_coeff=hp.trust_coeff)

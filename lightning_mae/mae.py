@@ -94,22 +94,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_blocks = blocks(decoder_embed_dim, decoder_depth, decoder_num_heads)
         self.decoder_norm = _layer_norm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # As in the MAE reference: the patch projection is initialised like a Linear layer.
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.cls_token, std=0.02)
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_mae_weights(self)
 
     # --- pixels <-> patches -------------------------------------------------------------------
     def patchify(self, imgs: Tensor) -> Tensor:
@@ -205,6 +190,25 @@ class MaskedAutoencoderViT(nn.Module):
 
 
 _layer_norm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def init_mae_weights(model: nn.Module) -> None:
+    """The MAE reference initialisation, for any module with a ``patch_embed``: the patch projection
+    like a Linear layer, ``cls_token``/``mask_token`` N(0, 0.02), Linear xavier-uniform with zero bias,
+    LayerNorm identity."""
+    w = model.patch_embed.proj.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    for name in ("cls_token", "mask_token"):
+        if isinstance(getattr(model, name, None), nn.Parameter):
+            nn.init.normal_(getattr(model, name), std=0.02)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 # Presets as data: encoder/decoder sizes of the MAE paper, plus tiny/small encoders for quick runs.
