@@ -8,7 +8,6 @@ embeddings interpolated to other input sizes, and per-block feature maps for den
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Literal
 
 import torch
@@ -17,9 +16,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from lightning_mae.mae import init_mae_weights, sincos_pos_embed
-
-_layer_norm = partial(nn.LayerNorm, eps=1e-6)
+from lightning_mae.mae import _layer_norm, init_mae_weights, sincos_pos_embed
 
 # Constructor arguments of MaskedAutoencoderViT that describe the encoder (the rest is the decoder's).
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
