@@ -8,6 +8,7 @@ centre crop. Each dataset subclass only says how to list its images and labels.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -19,6 +20,12 @@ from timm.data import create_transform
 from timm.data.auto_augment import posterize as _timm_posterize
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datamodules.image_files import (
+    ImageFiles,  # noqa: F401  (cub.py and inat.py import it from here)
+    OnBadImage,
+    image_files_of,
+    skipped_images_summary,
+)
 from datamodules.loaders import make_loader
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -62,27 +69,6 @@ def _posterize_at_least_one_bit(img: Image.Image, bits_to_keep: int, **_: object
     return img if bits_to_keep >= 8 else ImageOps.posterize(img, max(1, bits_to_keep))
 
 
-class ImageFiles(Dataset):
-    """Images on disk with integer labels; a file that cannot be decoded raises naming it."""
-
-    def __init__(self, paths: list[Path], labels: list[int], transform: Callable, mode: str = "RGB") -> None:
-        if len(paths) != len(labels):
-            raise ValueError(f"{len(paths)} images but {len(labels)} labels")
-        self.paths, self.labels, self.transform, self.mode = paths, labels, transform, mode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple:
-        path = self.paths[index]
-        try:
-            with Image.open(path) as img:
-                img = img.convert(self.mode)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read image {path}: {err}") from err
-        return self.transform(img), self.labels[index]
-
-
 class ImageArrays(Dataset):
     """In-memory uint8 images ``[N, H, W]`` (grey) or ``[N, H, W, 3]`` with integer labels."""
 
@@ -113,6 +99,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         re_prob: random-erasing probability for ``finetune``.
         eval_crop_ratio: evaluation resizes to ``img_size / eval_crop_ratio`` before the centre crop.
         train_subset: keep only this many training images (quick runs); ``None`` = all.
+        on_bad_image: a corrupt or truncated image file ``"raise"``s an error naming it, or is ``"skip"``ped:
+            replaced by the next readable file, warned about once, and listed at the end of the run
+            (datasets read from image files; in-memory arrays have no such failure).
     """
 
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -132,6 +121,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         re_prob: float = 0.25,
         eval_crop_ratio: float = 0.875,
         train_subset: int | None = None,
+        on_bad_image: OnBadImage = "raise",
     ) -> None:
         super().__init__()
         if recipe not in ("probe", "finetune"):
@@ -142,11 +132,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0.0 < eval_crop_ratio <= 1.0:
             raise ValueError(f"eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
+        if on_bad_image not in ("raise", "skip"):
+            raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.recipe, self.batch_size, self.num_workers = recipe, batch_size, num_workers
         self.img_size, self.crop_scale, self.hflip = img_size, tuple(crop_scale), hflip
         self.auto_augment, self.re_prob, self.eval_crop_ratio = auto_augment, re_prob, eval_crop_ratio
-        self.train_subset = train_subset
+        self.train_subset, self.on_bad_image = train_subset, on_bad_image
         self.num_classes: int | None = getattr(type(self), "num_classes", None)
 
     # --- what a subclass provides ---------------------------------------------------------------------
@@ -165,14 +157,25 @@ class ClassificationDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         self.check_files()
 
+    def _make(self, split: Literal["train", "val"], transform: Callable) -> Dataset:
+        dataset = self.make_dataset(split, transform)
+        if (files := image_files_of(dataset)) is not None:
+            files.on_bad_image = self.on_bad_image  # one knob for every file-based subclass
+        return dataset
+
     def setup(self, stage: str) -> None:
         if stage == "fit" and not hasattr(self, "train_set"):
-            train = self.make_dataset("train", self.transform(train=True))
+            train = self._make("train", self.transform(train=True))
             if self.train_subset is not None:
                 train = _first(train, self.train_subset)
             self.train_set = train
         if not hasattr(self, "val_set"):
-            self.val_set = self.make_dataset("val", self.transform(train=False))
+            self.val_set = self._make("val", self.transform(train=False))
+
+    def teardown(self, stage: str) -> None:
+        summary = skipped_images_summary([getattr(self, "train_set", None), getattr(self, "val_set", None)])
+        if summary:
+            warnings.warn(f"{type(self).__name__} ({self.data_dir}): {summary}", stacklevel=2)
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: mixup/cutmix need even batches, and BatchNorm a batch larger than one.

@@ -1,5 +1,9 @@
 """Common plumbing of the single-signal DataModules (image, audio, SDF) of ``lightning_inr``.
 
+Under DDP each rank trains on every ``world_size``-th point of the batch, so the processes together
+see the whole signal once per step (the effective batch does not grow with the number of GPUs) and
+DDP's gradient average equals the one-process full-batch gradient.
+
 One signal is fitted with the whole signal as every batch (the official full-batch recipe), so an
 "epoch" is just ``steps_per_epoch`` steps; validation is one evaluation of the whole signal.
 """
@@ -26,6 +30,13 @@ class _Repeat(Dataset):
         return self.make()
 
 
+def shard(batch: dict, rank: int, world_size: int) -> dict:
+    """Every ``world_size``-th point (dim 0) of each tensor of ``batch``, starting at ``rank``."""
+    if world_size == 1:
+        return batch
+    return {k: v[rank::world_size] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 class SignalDataModule(pl.LightningDataModule):
     """Base: subclasses load their signal in ``setup`` and implement ``train_batch``."""
 
@@ -50,8 +61,14 @@ class SignalDataModule(pl.LightningDataModule):
         return None
 
     def train_dataloader(self) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
+        def make() -> dict:
+            return shard(self.train_batch(), rank, world)
+
         # batch_size=None: items are already whole batches; no worker processes for one tensor.
-        return DataLoader(_Repeat(self.train_batch, self.steps_per_epoch), batch_size=None, num_workers=0)
+        # ``world`` x the steps: Lightning's DistributedSampler hands each rank ``steps_per_epoch`` items.
+        return DataLoader(_Repeat(make, self.steps_per_epoch * world), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         # The task evaluates the whole signal itself; the loader only triggers one validation step.

@@ -1,6 +1,7 @@
 """Speed and memory of Neural Experts on CPU/GPU: iteration time vs K, sparse vs dense rendering.
 
     python -m lightning_inr.bench --size 128 --experts 2 4 8 16 --render-size 512 --render-experts 8
+    python -m lightning_inr.bench --compile 4 --size 128 --steps 10   # eager vs torch.compile only
 
 Timings are ratios measured in one process (noisy on a shared machine: read the ratios, not the
 seconds). Training memory is measured exactly as the bytes autograd keeps for the backward pass
@@ -13,6 +14,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import torch
 
@@ -76,6 +78,34 @@ def render_speedup(k: int, size: int, repeats: int, chunk: int) -> dict[str, flo
             "speedup": timings["dense"] / timings["sparse"], "outputs_match": bool(same)}
 
 
+def compile_speedup(build, coords: torch.Tensor, steps: int) -> dict[str, float]:
+    """Eager vs ``torch.compile``d training steps (what ``SignalFit(compile=True)`` does) of two
+    copies of one network, alternating; the compiled copy's first step, less an eager one, is the
+    compilation time."""
+    torch.manual_seed(0)
+    eager_net, compiled_net = build(), build()
+    compiled_net.load_state_dict(eager_net.state_dict())
+    compiled_net.compile()
+    eager, _ = make_step(eager_net, coords)
+    compiled, _ = make_step(compiled_net, coords)
+    first = {}
+    for name, step in (("eager", eager), ("compiled", compiled)):
+        start = time.perf_counter()
+        step()
+        first[name] = time.perf_counter() - start
+    eager()
+    times: dict[str, list[float]] = {"eager": [], "compiled": []}
+    for rnd in range(steps):
+        for name, step in (("eager", eager), ("compiled", compiled))[:: 1 if rnd % 2 else -1]:
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    ratios = sorted(e / c for e, c in zip(times["eager"], times["compiled"]))
+    return {"eager_s": statistics.median(times["eager"]), "compiled_s": statistics.median(times["compiled"]),
+            "speedup": statistics.median(ratios), "speedup_min": ratios[0], "speedup_max": ratios[-1],
+            "compile_s": first["compiled"] - first["eager"]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=128, help="training image side (full batch)")
@@ -86,7 +116,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--render-repeats", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=65536)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--compile", type=int, nargs="*", default=None, metavar="K",
+                        help="only time eager vs torch.compile'd steps: SIREN and Neural Experts with these K")
     args = parser.parse_args(argv)
+    if args.compile is not None:
+        coords = grid(args.size)
+        builds = {"siren": INR, **{f"neural_experts_k{k}": partial(NeuralExperts, n_experts=k) for k in args.compile}}
+        results = {"points": coords.shape[0], "compile": {}}
+        for name, build in builds.items():
+            r = results["compile"][name] = compile_speedup(build, coords, args.steps)
+            print(f"{name:22s} eager {r['eager_s']:.3f} s/step  compiled {r['compiled_s']:.3f} s/step  "
+                  f"speed-up {r['speedup']:.2f}x [{r['speedup_min']:.2f}-{r['speedup_max']:.2f}]  "
+                  f"compile {r['compile_s']:.0f} s", flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+        return results
 
     coords = grid(args.size)
     torch.manual_seed(0)

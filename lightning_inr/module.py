@@ -52,6 +52,8 @@ class SignalFit(pl.LightningModule):
             manager encoder and expert encoder) and the manager stages are skipped; if not, the
             manager stages run and their result is saved there for later runs.
         write_outputs: write the reconstruction and expert map at the end of fit.
+        compile: ``torch.compile`` the network's forward (in place: state-dict keys unchanged); the
+            first steps, and each stage switch (trainable set changes), pay a compilation.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class SignalFit(pl.LightningModule):
         pretrain_weight: float = 1000.0,
         manager_checkpoint: str | None = None,
         write_outputs: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["network", "task"])
@@ -158,6 +161,12 @@ class SignalFit(pl.LightningModule):
         log.info("loaded the pretrained manager from %s", path)
 
     # ------------------------------------------------------------------ Lightning hooks
+
+    def configure_model(self) -> None:
+        # Lightning calls this on the final device and again per stage: compile once.
+        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
+            self.network.compile()
+            self._compiled = True
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.lr, betas=self.betas)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger
@@ -33,7 +35,16 @@ def run_dir(trainer: pl.Trainer) -> Path:
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Writes the resolved config to ``run_dir/config.yaml`` and sends it to W&B as the run config."""
+    """Writes the resolved config to ``run_dir/config.yaml`` and sends it to W&B as the run config.
+
+    Checkpoints also record the W&B run id, so ``fit --ckpt_path`` resumes logging into the same run
+    (see ``ProjectCLI.before_instantiate_classes``).
+    """
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                checkpoint["wandb_run_id"] = logger.version
 
     def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # Called on global rank 0 only (SaveConfigCallback.setup checks it).
@@ -73,6 +84,30 @@ class RunSummary(pl.Callback):
         rank_zero_info("\n".join(lines))
 
 
+class ProjectCLI(LightningCLI):
+    """LightningCLI that resumes the W&B run of the checkpoint it resumes from."""
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        ckpt_path = config.get("ckpt_path") if config is not None else None
+        if not ckpt_path or not Path(str(ckpt_path)).is_file():
+            return  # no checkpoint, or one of Lightning's aliases ("last", "best", ...)
+        try:
+            run_id = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("wandb_run_id")
+        except Exception as err:  # Lightning reports unreadable checkpoints itself, with more context
+            rank_zero_info(f"could not read the W&B run id from {ckpt_path}: {err}")
+            return
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if run_id and _is_wandb(logger) and not logger.init_args.get("id"):
+                logger.init_args.id = run_id  # WandbLogger resumes with resume="allow"
+
+
+def _is_wandb(logger: Any) -> bool:
+    class_path = getattr(logger, "class_path", None) if logger is not None else None
+    return isinstance(class_path, str) and class_path.rsplit(".", 1)[-1] == "WandbLogger"
+
+
 def _import_project() -> None:
     # Importing the packages registers their classes, so `--model.help` / `--data.help` list them
     # and configs may use short class names.
@@ -85,7 +120,7 @@ def cli(args: list[str] | None = None) -> LightningCLI:
     """Run the project's LightningCLI (``fit``/``validate``/``test``/``predict``) and return it."""
     os.environ.setdefault("WANDB_SILENT", "true")
     _import_project()
-    return LightningCLI(
+    return ProjectCLI(
         pl.LightningModule,
         pl.LightningDataModule,
         subclass_mode_model=True,
@@ -94,6 +129,8 @@ def cli(args: list[str] | None = None) -> LightningCLI:
         save_config_kwargs={"overwrite": True, "save_to_log_dir": False},
         auto_configure_optimizers=False,  # every module owns its optimizer as typed arguments
         seed_everything_default=0,  # two runs of one config are comparable unless told otherwise
+        # Checkpoints are written next to their target, fsynced, then renamed: never half-written.
+        trainer_defaults={"plugins": [{"class_path": "lightning_mae.guards.AtomicCheckpointIO"}]},
         args=args,
     )
 

@@ -6,16 +6,19 @@ the patch indices with the ``len_keep`` visible patches first and the masked one
   embeddings bi-partition each image (Normalized Cut, or a cheaper PCA split); the patches most
   similar to the object-like cluster are masked, and a few hint tokens swap sides.
 - ``SelfGuidedMasking``: the schedule (random until ``start_epoch``, informed after, hint ratio
-  annealed), as an ``nn.Module`` so its knobs are typed constructor arguments.
+  annealed), as an ``nn.Module`` so its knobs are typed constructor arguments. ``start_epoch="auto"``
+  switches once the model's token relations stop moving between epochs (beyond the paper).
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_mae.relations import relation_kl, token_relations
 
 Partition = Literal["ncut", "pca"]
 HintSelection = Literal["random", "lowest_score"]
@@ -143,7 +146,9 @@ class SelfGuidedMasking(nn.Module):
         mask_ratio: fraction of patches masked, exactly, for both kinds of masks.
         start_epoch: first epoch (0-based) of informed masking; ``None`` = random masking only
             (plain MAE). Default 40, i.e. after the MAE recipe's 40 warm-up epochs (not given in the
-            paper: the project's choice).
+            paper: the project's choice). ``"auto"``: switch at the epoch after the one whose token
+            relations (on a fixed probe batch, at ``source_layer``) moved less than
+            ``auto_threshold`` since the previous epoch; the switch epoch is part of the state dict.
         source_layer: encoder block whose output feeds the partition (the no-grad pass stops there);
             ``None`` = ``depth // 2``, the middle of the encoder. ``0`` = the patch embedding.
         partition: ``"ncut"`` (Normalized Cut, the paper) or ``"pca"`` (cheaper split).
@@ -152,12 +157,20 @@ class SelfGuidedMasking(nn.Module):
         hint_start: hint ratio (share of masked patches revealed) at ``start_epoch``.
         hint_end: hint ratio at the last epoch; linear in between (project's choice of defaults).
         hint_selection: which masked patches become hints: ``"random"`` or ``"lowest_score"``.
+        auto_threshold: ``"auto"`` only: KL divergence (nats, mean over the probe tokens) between
+            consecutive epochs' token relations under which the clustering counts as settled.
+        auto_min_epoch: ``"auto"`` only: earliest epoch informed masking may start.
+        auto_patience: ``"auto"`` only: consecutive epochs under ``auto_threshold`` required (one
+            quiet epoch can be a plateau of the learning-rate warm-up rather than settled clusters).
+        auto_probe_images: ``"auto"`` only: images of the fixed probe batch (taken from the first
+            training batch).
+        relation_temperature: softmax temperature of the token relations (``analysis.token_relations``).
     """
 
     def __init__(
         self,
         mask_ratio: float = 0.75,
-        start_epoch: int | None = 40,
+        start_epoch: int | Literal["auto"] | None = 40,
         source_layer: int | None = None,
         partition: Partition = "ncut",
         tau: float = 0.2,
@@ -165,12 +178,17 @@ class SelfGuidedMasking(nn.Module):
         hint_start: float = 0.25,
         hint_end: float = 0.05,
         hint_selection: HintSelection = "random",
+        auto_threshold: float = 0.02,
+        auto_min_epoch: int = 1,
+        auto_patience: int = 1,
+        auto_probe_images: int = 32,
+        relation_temperature: float = 0.1,
     ) -> None:
         super().__init__()
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        if start_epoch is not None and start_epoch < 0:
-            raise ValueError(f"start_epoch must be >= 0 or None, got {start_epoch}")
+        if start_epoch != "auto" and start_epoch is not None and (isinstance(start_epoch, str) or start_epoch < 0):
+            raise ValueError(f"start_epoch must be an epoch >= 0, 'auto' or None, got {start_epoch!r}")
         if source_layer is not None and source_layer < 0:
             raise ValueError(f"source_layer must be >= 0 or None, got {source_layer}")
         if partition not in ("ncut", "pca"):
@@ -182,9 +200,31 @@ class SelfGuidedMasking(nn.Module):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not -1.0 <= tau < 1.0:
             raise ValueError(f"tau is a cosine-similarity threshold in [-1, 1), got {tau}")
+        if auto_threshold <= 0 or relation_temperature <= 0:
+            raise ValueError(f"auto_threshold and relation_temperature must be > 0, got {auto_threshold}, "
+                             f"{relation_temperature}")
+        if auto_min_epoch < 0 or auto_patience < 1 or auto_probe_images < 1:
+            raise ValueError(f"need auto_min_epoch >= 0, auto_patience >= 1 and auto_probe_images >= 1, got "
+                             f"{auto_min_epoch}, {auto_patience}, {auto_probe_images}")
         self.mask_ratio, self.start_epoch, self.source_layer = mask_ratio, start_epoch, source_layer
         self.partition, self.tau, self.eps = partition, tau, eps
         self.hint_start, self.hint_end, self.hint_selection = hint_start, hint_end, hint_selection
+        self.auto_threshold, self.auto_min_epoch, self.auto_patience = auto_threshold, auto_min_epoch, auto_patience
+        self.auto_probe_images, self.relation_temperature = auto_probe_images, relation_temperature
+        # "auto" state; saved with the model (``get_extra_state``) so a resumed run keeps its switch.
+        self.switch_epoch: int | None = None
+        self.quiet_epochs = 0  # consecutive checks under the threshold
+        self.probe_images: Tensor | None = None
+        self.last_relations: Tensor | None = None
+
+    @property
+    def auto(self) -> bool:
+        return self.start_epoch == "auto"
+
+    @property
+    def informed_from(self) -> int | None:
+        """The first informed epoch: ``start_epoch``, or under ``"auto"`` the switch once decided."""
+        return self.switch_epoch if self.auto else self.start_epoch  # type: ignore[return-value]
 
     def len_keep(self, num_patches: int) -> int:
         return int(num_patches * (1 - self.mask_ratio))
@@ -196,28 +236,85 @@ class SelfGuidedMasking(nn.Module):
         return layer
 
     def is_informed(self, epoch: int) -> bool:
-        return self.start_epoch is not None and epoch >= self.start_epoch
+        return self.informed_from is not None and epoch >= self.informed_from
 
     def hint_ratio(self, epoch: int, max_epochs: int | None) -> float:
-        """Linear from ``hint_start`` at ``start_epoch`` to ``hint_end`` at the last epoch; 0 before."""
-        if not self.is_informed(epoch):
+        """Linear from ``hint_start`` at the first informed epoch to ``hint_end`` at the last; 0 before."""
+        start = self.informed_from
+        if start is None or epoch < start:
             return 0.0
-        assert self.start_epoch is not None
         if max_epochs is None or max_epochs <= 0:
             return self.hint_start  # no known end: hold the starting ratio
-        span = max(max_epochs - 1 - self.start_epoch, 1)
-        t = min((epoch - self.start_epoch) / span, 1.0)
+        span = max(max_epochs - 1 - start, 1)
+        t = min((epoch - start) / span, 1.0)
         return self.hint_start + (self.hint_end - self.hint_start) * t
 
-    def informed_ids(self, imgs: Tensor, model: PatchEncoder, hint_ratio: float) -> Tensor:
+    def informed_ids(
+        self, imgs: Tensor, model: PatchEncoder, hint_ratio: float, generator: torch.Generator | None = None,
+    ) -> Tensor:
         z = model.patch_features(imgs, self.layer(model.depth))
         return informed_ids_shuffle(
             z, self.len_keep(model.num_patches), self.partition, self.tau, self.eps,
-            hint_ratio, self.hint_selection,
+            hint_ratio, self.hint_selection, generator,
         )
 
-    def forward(self, imgs: Tensor, model: PatchEncoder, epoch: int, max_epochs: int | None = None) -> Tensor:
-        """``ids_shuffle`` for this batch at this epoch."""
+    def forward(
+        self, imgs: Tensor, model: PatchEncoder, epoch: int, max_epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``ids_shuffle`` for this batch at this epoch (random draws from ``generator``)."""
         if self.is_informed(epoch):
-            return self.informed_ids(imgs, model, self.hint_ratio(epoch, max_epochs))
-        return random_ids_shuffle(imgs.shape[0], model.num_patches, imgs.device)
+            return self.informed_ids(imgs, model, self.hint_ratio(epoch, max_epochs), generator)
+        return random_ids_shuffle(imgs.shape[0], model.num_patches, imgs.device, generator)
+
+    # --- "auto" start ----------------------------------------------------------------------------
+    @property
+    def needs_probe(self) -> bool:
+        return self.auto and self.probe_images is None
+
+    def set_probe(self, imgs: Tensor, model: PatchEncoder) -> None:
+        """Keep the first ``auto_probe_images`` images and their token relations under the initial model."""
+        self.probe_images = imgs[: self.auto_probe_images].detach().clone()
+        self.last_relations = self._relations(model)
+
+    def _relations(self, model: PatchEncoder) -> Tensor:
+        assert self.probe_images is not None
+        z = model.patch_features(self.probe_images, self.layer(model.depth))
+        return token_relations(z, self.relation_temperature)
+
+    def relation_drift(self, model: PatchEncoder) -> Tensor:
+        """KL between the probe batch's token relations now and at the previous call; remembers the new ones."""
+        if self.probe_images is None or self.last_relations is None:
+            raise RuntimeError("relation_drift needs set_probe() first (start_epoch='auto')")
+        relations = self._relations(model)
+        drift = relation_kl(relations, self.last_relations.to(relations.device))
+        self.last_relations = relations
+        return drift
+
+    def settle(self, drift: float, epoch: int) -> bool:
+        """After ``epoch`` with the given drift: decide (once) to switch at ``epoch + 1``. True if it did."""
+        if not self.auto or self.switch_epoch is not None:
+            return False
+        self.quiet_epochs = self.quiet_epochs + 1 if drift < self.auto_threshold else 0
+        if self.quiet_epochs >= self.auto_patience and epoch + 1 >= self.auto_min_epoch:
+            self.switch_epoch = epoch + 1
+            return True
+        return False
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"switch_epoch": self.switch_epoch, "quiet_epochs": self.quiet_epochs,
+                "probe_images": self.probe_images, "last_relations": self.last_relations}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.switch_epoch, self.quiet_epochs = state.get("switch_epoch"), state.get("quiet_epochs", 0)
+        self.probe_images, self.last_relations = state.get("probe_images"), state.get("last_relations")
+
+    def _apply(self, fn: Any, recurse: bool = True) -> SelfGuidedMasking:
+        # Moves the "auto" tensors with the module (``.to(device)``) like buffers; they are not buffers
+        # because their shapes are unknown until the first batch.
+        super()._apply(fn, recurse)
+        if self.probe_images is not None:
+            self.probe_images = fn(self.probe_images)
+        if self.last_relations is not None:
+            self.last_relations = fn(self.last_relations)
+        return self

@@ -34,6 +34,22 @@ def test_print_config_parses(config: Path, capsys, monkeypatch):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
     assert printed["trainer"]["max_epochs"] or printed["trainer"]["max_steps"]
+    assert {"class_path": "lightning_mae.guards.AtomicCheckpointIO"} in printed["trainer"]["plugins"]
+
+
+def test_fmnist_configs_differ_only_in_masking():
+    """The three Fashion-MNIST runs compared in the README: MAE, SG-MAE from epoch 2, SG-MAE auto start."""
+    runs = {n: yaml.safe_load((EXPERIMENTS / f"{n}.yaml").read_text())
+            for n in ("sgmae_fmnist", "mae_fmnist", "sgmae_fmnist_auto")}
+    for config in runs.values():
+        masking = config["model"]["init_args"].pop("masking")["init_args"]
+        config["trainer"].pop("default_root_dir")
+        config["trainer"]["logger"]["init_args"].pop("save_dir")
+        assert masking.pop("start_epoch") in (2, None, "auto")
+        for knob in ("auto_threshold", "auto_min_epoch", "auto_probe_images", "relation_temperature", "auto_patience"):
+            masking.pop(knob, None)
+        config["masking"] = masking
+    assert runs["sgmae_fmnist"] == runs["mae_fmnist"] == runs["sgmae_fmnist_auto"]
 
 
 def test_recipe_configs_differ_only_in_masking():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -100,3 +102,69 @@ def test_wrong_image_size_names_the_option():
     model = tiny()
     with pytest.raises(ValueError, match="img_size"):
         model(torch.randn(1, 1, 32, 32), random_ids_shuffle(1, 49), 12)
+
+
+# --- the CPU attention path: same function as timm's fused attention ----------------------------------
+def with_timm_attention(model: MaskedAutoencoderViT) -> MaskedAutoencoderViT:
+    """A copy of ``model`` whose blocks use timm's own ``Attention`` (fused SDPA on every device)."""
+    from timm.layers import Attention as TimmAttention
+
+    twin = copy.deepcopy(model)
+    for blk in [*twin.blocks, *twin.decoder_blocks]:
+        blk.attn = TimmAttention(blk.attn.qkv.in_features, blk.attn.num_heads, qkv_bias=True)
+        assert blk.attn.fused_attn
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_cpu_attention_matches_timm_fused_attention(bf16):
+    from timm.layers import Attention as TimmAttention
+
+    from lightning_mae.mae import Attention
+
+    torch.manual_seed(0)
+    ours, timm_attn = Attention(64, num_heads=4, qkv_bias=True), TimmAttention(64, num_heads=4, qkv_bias=True)
+    timm_attn.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 17, 64, requires_grad=True)
+    outs, grads = [], []
+    for attn in (ours, timm_attn):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = attn(x)
+        out.float().square().sum().backward()
+        outs.append(out.float())
+        grads.append([x.grad.clone(), attn.qkv.weight.grad.clone()])
+        x.grad = None
+    tol = dict(rtol=3e-2, atol=3e-2) if bf16 else dict(rtol=1e-5, atol=1e-5)
+    assert torch.allclose(outs[0], outs[1], **tol)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, **tol)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_model_loss_and_gradients_match_timm_attention(bf16):
+    torch.manual_seed(0)
+    model = tiny(in_chans=3)
+    twin = with_timm_attention(model)
+    imgs, ids = torch.randn(4, 3, 28, 28), random_ids_shuffle(4, 49)
+    losses, grads = [], []
+    for m in (model, twin):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = m(imgs, ids, len_keep=12).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad for n, p in m.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-2 if bf16 else 1e-6)
+    for name, g in grads[0].items():
+        ref = grads[1][name]
+        # relative to the gradient's scale: bf16 rounds each product to 8 significant bits
+        err = (g - ref).norm() / ref.norm().clamp_min(1e-12)
+        assert err < (5e-2 if bf16 else 1e-5), name
+
+
+def test_blocks_keep_timm_block_attributes_and_state_dict_keys():
+    model = tiny()
+    attn = model.blocks[0].attn
+    assert (attn.num_heads, attn.head_dim, attn.scale) == (4, 8, 8**-0.5)
+    assert isinstance(attn.qkv, torch.nn.Linear) and isinstance(attn.proj, torch.nn.Linear)
+    assert model.state_dict().keys() == with_timm_attention(model).state_dict().keys()

@@ -145,3 +145,75 @@ def test_impossible_options_are_rejected_by_name(kwargs, option):
 def test_source_layer_beyond_depth_is_rejected():
     with pytest.raises(ValueError, match="source_layer"):
         SelfGuidedMasking(source_layer=13).layer(12)
+
+
+# --- start_epoch="auto" -----------------------------------------------------------------------------
+class _Encoder(torch.nn.Module):
+    """Patch features = a linear map of the pixels: ``scale`` changes the model, hence the relations."""
+
+    num_patches, depth = 16, 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 8)
+
+    def patch_features(self, imgs: torch.Tensor, layer: int) -> torch.Tensor:
+        patches = imgs.reshape(imgs.shape[0], 16, 4)
+        return torch.nn.functional.normalize(self.proj(patches), dim=-1)
+
+
+def test_auto_start_switches_after_quiet_epochs_and_keeps_its_decision():
+    masking = SelfGuidedMasking(start_epoch="auto", auto_threshold=0.01, auto_patience=2, auto_min_epoch=2,
+                                hint_start=0.2, hint_end=0.0)
+    assert masking.auto and masking.informed_from is None and not masking.is_informed(100)
+    assert not masking.settle(0.001, epoch=0)  # one quiet epoch: patience 2 not reached
+    assert not masking.settle(0.5, epoch=1)  # a loud one resets the count
+    assert not masking.settle(0.001, epoch=2)
+    assert masking.settle(0.001, epoch=3)  # second consecutive quiet epoch: informed from epoch 4
+    assert masking.switch_epoch == masking.informed_from == 4
+    assert [masking.is_informed(e) for e in (3, 4, 5)] == [False, True, True]
+    assert masking.hint_ratio(4, max_epochs=9) == pytest.approx(0.2)
+    assert masking.hint_ratio(8, max_epochs=9) == pytest.approx(0.0)
+    assert not masking.settle(0.0, epoch=4) and masking.switch_epoch == 4  # decided once
+
+
+def test_auto_start_respects_the_minimum_epoch():
+    masking = SelfGuidedMasking(start_epoch="auto", auto_threshold=0.01, auto_min_epoch=3)
+    assert not masking.settle(0.0, epoch=0) and not masking.settle(0.0, epoch=1)
+    assert masking.settle(0.0, epoch=2) and masking.switch_epoch == 3
+
+
+def test_relation_drift_is_zero_for_an_unchanged_model_and_positive_after_a_change():
+    torch.manual_seed(0)
+    model, imgs = _Encoder(), torch.randn(6, 1, 8, 8)
+    masking = SelfGuidedMasking(start_epoch="auto", auto_probe_images=4)
+    assert masking.needs_probe
+    masking.set_probe(imgs, model)
+    assert masking.probe_images.shape[0] == 4 and not masking.needs_probe
+    assert float(masking.relation_drift(model)) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        model.proj.weight.add_(torch.randn_like(model.proj.weight))
+    assert float(masking.relation_drift(model)) > 1e-3
+    assert float(masking.relation_drift(model)) == pytest.approx(0.0, abs=1e-6)  # remembers the latest
+
+
+def test_auto_state_survives_a_state_dict_round_trip():
+    torch.manual_seed(0)
+    model, imgs = _Encoder(), torch.randn(6, 1, 8, 8)
+    masking = SelfGuidedMasking(start_epoch="auto", auto_patience=2)
+    masking.set_probe(imgs, model)
+    masking.settle(0.0, epoch=0)
+    masking.settle(0.0, epoch=1)
+    state = masking.state_dict()
+    restored = SelfGuidedMasking(start_epoch="auto", auto_patience=2)
+    restored.load_state_dict(state)
+    assert restored.switch_epoch == 2 and restored.quiet_epochs == 2
+    assert torch.equal(restored.probe_images, masking.probe_images)
+    assert torch.equal(restored.last_relations, masking.last_relations)
+
+
+@pytest.mark.parametrize("bad", [{"start_epoch": "soon"}, {"start_epoch": -1}, {"auto_threshold": 0.0},
+                                 {"auto_patience": 0}, {"auto_probe_images": 0}, {"relation_temperature": 0.0}])
+def test_auto_options_are_validated(bad):
+    with pytest.raises(ValueError):
+        SelfGuidedMasking(**bad)

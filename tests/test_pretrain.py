@@ -134,3 +134,28 @@ def test_panels_are_png_files_without_wandb(tmp_path):
     panels = sorted((tmp_path / "csv" / "version_0" / "panels").glob("*.png"))
     assert [p.name for p in panels] == ["epoch_0000.png", "epoch_0001.png"]
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().count("mask/informed") == 1
+
+
+def test_auto_start_switch_is_logged_and_survives_resume(tmp_path):
+    def module() -> MAEPretraining:
+        m = tiny_module(start_epoch=None)
+        # Any movement counts as settled after 2 epochs: the switch is decided at the end of epoch 1.
+        m.masking = SelfGuidedMasking(start_epoch="auto", auto_threshold=1e9, auto_min_epoch=2, auto_probe_images=4)
+        return m
+
+    first = module()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    logger = CSVLogger(tmp_path, name="auto")
+    trainer(tmp_path, max_epochs=2, limit_val_batches=0, logger=logger, callbacks=[ckpt],
+            enable_checkpointing=True).fit(first, Data())
+    assert first.masking.switch_epoch == 2 and not first.masking.is_informed(1)  # decided, not yet used
+    logged = (tmp_path / "auto" / "version_0" / "metrics.csv").read_text()
+    assert "mask/start_epoch" in logged and "mask/relation_kl" in logged
+
+    resumed = module()
+    epochs: list[bool] = []
+    probe = pl.callbacks.LambdaCallback(on_train_epoch_start=lambda t, m: epochs.append(m.masks_informed))
+    trainer(tmp_path, max_epochs=4, limit_val_batches=0, callbacks=[probe]).fit(
+        resumed, Data(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.masking.switch_epoch == 2 and epochs == [True, True]  # epochs 2 and 3
+    assert torch.equal(resumed.masking.probe_images, first.masking.probe_images)

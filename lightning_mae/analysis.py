@@ -1,0 +1,320 @@
+"""The paper's analysis metrics of what an MAE learns (SG-MAE §3 and §5.4), as plain functions.
+
+Every metric takes tensors (or a model and a batch) and returns tensors; nothing here needs a Trainer.
+
+- Patch-embedding geometry: ``feature_variance`` (σF) and ``similarity_variance`` (σs) of Table 1, the
+  Normalized-Cut ``bipartition_gap`` µintra − µinter of Fig. 3a, ``token_relations`` / ``relation_kl``
+  of Fig. 3b, ``fourier_amplitude`` of Fig. 7b.
+- Attention: ``attention_maps`` recomputes a timm ``Block``'s attention probabilities;
+  ``attention_distance`` and ``attention_nmi`` (Fig. 6, 7a), ``exploitation_rates`` of the decoder (Fig. 4).
+- Model passes: ``encoder_trace`` / ``decoder_trace`` re-run ``MaskedAutoencoderViT``'s encoder and
+  decoder block by block (tests check they reproduce the model's own outputs), and ``model_report``
+  gathers every metric of one model on one probe batch as flat ``{"family/layer": value}`` scalars.
+
+Layers are named ``enc{i}`` (the patch tokens after encoder block ``i``, 1-based, as ``source_layer``)
+and ``dec{i}`` (after decoder block ``i``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_mae.masking import ncut_bipartition
+from lightning_mae.relations import relation_kl, token_relations  # noqa: F401  (re-exported)
+
+
+# --- patch-embedding geometry -------------------------------------------------------------------
+def similarity_matrix(z: Tensor) -> Tensor:
+    """Cosine similarities ``[B, N, N]`` of patch embeddings ``z`` ``[B, N, D]``."""
+    z = F.normalize(z.float(), dim=-1)
+    return z @ z.transpose(1, 2)
+
+
+def feature_variance(z: Tensor) -> Tensor:
+    """σF per image ``[B]``: mean squared distance of the L2-normalised embeddings to their mean.
+
+    Normalised first so that models of different feature scales compare (it equals ``1 - |mean|^2``):
+    0 when all patches share one direction, 1 - 1/K for K equally populated orthogonal clusters.
+    """
+    z = F.normalize(z.float(), dim=-1)
+    return (z - z.mean(dim=1, keepdim=True)).pow(2).sum(-1).mean(-1)
+
+
+def similarity_variance(z: Tensor) -> Tensor:
+    """σs per image ``[B]``: variance of all N x N entries of the cosine-similarity matrix (diagonal included).
+
+    High when patches split into groups that are similar within and dissimilar across.
+    """
+    return similarity_matrix(z).flatten(1).var(dim=1, unbiased=False)
+
+
+def bipartition_gap(z: Tensor, clusters: Tensor | None = None, tau: float = 0.2, eps: float = 1e-5) -> Tensor:
+    """µintra − µinter per image ``[B]`` on the cosine-similarity graph of ``z`` ``[B, N, D]``.
+
+    µintra is the mean edge weight (cosine similarity) over pairs of distinct patches in the same
+    cluster, µinter over pairs in different clusters. ``clusters`` (bool ``[B, N]``) defaults to
+    ``ncut_bipartition(z, tau, eps)``, the partition self-guided masking uses. An image whose
+    partition leaves one side empty has no inter-cluster edge and gets NaN.
+    """
+    sim = similarity_matrix(z)
+    if clusters is None:
+        clusters = ncut_bipartition(F.normalize(z.float(), dim=-1), tau, eps)
+    same = clusters[:, :, None] == clusters[:, None, :]
+    intra = same & ~torch.eye(z.shape[1], dtype=torch.bool, device=z.device)
+    inter = ~same
+
+    def mean_over(pairs: Tensor) -> Tensor:
+        return (sim * pairs).sum((1, 2)) / pairs.sum((1, 2))  # 0/0 = NaN for an empty set of pairs
+
+    return mean_over(intra) - mean_over(inter)
+
+
+def grid_size(num_patches: int) -> int:
+    g = math.isqrt(num_patches)
+    if g * g != num_patches:
+        raise ValueError(f"{num_patches} patch tokens do not form a square grid")
+    return g
+
+
+def fourier_amplitude(z: Tensor, eps: float = 1e-6) -> Tensor:
+    """Relative log amplitude of the 2-D Fourier transform of a patch-feature map (Park & Kim, 2022).
+
+    ``z`` ``[B, N, D]`` is read as D maps on the ``g x g`` patch grid. Returns ``[g // 2 + 1]``: the log
+    amplitude ``log(|FFT| + eps)`` averaged over images and channels, along the diagonal frequencies
+    ``(2 pi k / g, 2 pi k / g)`` for ``k = 0 .. g // 2`` (``k = g / 2`` is the highest, pi, for even
+    ``g``), minus its value at frequency 0. The last entry is the high-frequency amplitude of Fig. 7b.
+    """
+    b, n, d = z.shape
+    g = grid_size(n)
+    amplitude = torch.fft.fft2(z.float().transpose(1, 2).reshape(b, d, g, g)).abs()
+    k = torch.arange(g // 2 + 1, device=z.device)
+    log_amp = (amplitude[..., k, k] + eps).log().mean(dim=(0, 1))
+    return log_amp - log_amp[0]
+
+
+# --- attention ----------------------------------------------------------------------------------
+def attention_maps(block: nn.Module, x: Tensor) -> Tensor:
+    """Attention probabilities ``[B, H, T, T]`` (float32) of a timm ``Block`` for its input ``x`` ``[B, T, D]``.
+
+    Recomputes ``softmax(q k^T * scale)`` from the block's own ``norm1``, ``attn.qkv``,
+    ``attn.q_norm``/``attn.k_norm`` and ``attn.scale``: the fused attention kernel never materialises it.
+    """
+    attn = block.attn
+    qkv = attn.qkv(block.norm1(x))
+    b, t, _ = qkv.shape
+    head_dim = getattr(attn, "head_dim", qkv.shape[-1] // (3 * attn.num_heads))
+    q, k, _ = qkv.reshape(b, t, 3, attn.num_heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return torch.softmax((q.float() * attn.scale) @ k.float().transpose(-2, -1), dim=-1)
+
+
+def patch_attention(attn: Tensor, num_prefix_tokens: int = 1) -> Tensor:
+    """Patch-to-patch attention: drop the cls query and key and renormalise each row over the patches."""
+    a = attn[..., num_prefix_tokens:, num_prefix_tokens:]
+    return a / a.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
+def patch_distances(grid: int, patch_size: int = 1, device: torch.device | str | None = None) -> Tensor:
+    """Euclidean distances ``[N, N]`` in pixels between the centres of the patches of a ``grid x grid`` image."""
+    rows, cols = torch.meshgrid(torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij")
+    centres = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float() * patch_size
+    return torch.cdist(centres, centres)
+
+
+def attention_distance(attn: Tensor, patch_size: int = 1) -> Tensor:
+    """Mean attention distance in pixels: ``sum_k a_qk * |pos_q - pos_k|``, averaged over images, heads
+    and queries. ``attn`` ``[B, H, N, N]`` is patch-to-patch attention with rows summing to 1
+    (``patch_attention``); 0 for the identity, the mean pairwise patch distance for uniform attention."""
+    dist = patch_distances(grid_size(attn.shape[-1]), patch_size, attn.device)
+    return (attn.float() * dist).sum(-1).mean()
+
+
+def attention_nmi(attn: Tensor) -> Tensor:
+    """Normalised mutual information between query and key positions, averaged over images and heads.
+
+    Each ``[N, N]`` map of ``attn`` ``[B, H, N, N]`` (rows summing to 1) is read as ``p(k | q)`` with uniform
+    queries, ``p(q) = 1/N``. NMI = I(Q; K) / sqrt(H(Q) H(K)): 1 for the identity (each query attends to
+    itself only), 0 when every query attends the same way (e.g. uniformly).
+    """
+    a = attn.float()
+    n = a.shape[-1]
+    p_k = a.mean(-2)  # [B, H, N] key marginal
+    h_k = -torch.xlogy(p_k, p_k).sum(-1)
+    # I(Q; K) = H(K) - H(K | Q), H(K | Q) = mean over queries of each row's entropy.
+    mi = h_k + torch.xlogy(a, a).sum(-1).mean(-1)
+    denom = (math.log(n) * h_k).sqrt()
+    return torch.where(denom > 1e-12, mi / denom.clamp_min(1e-12), torch.zeros_like(mi)).mean()
+
+
+class Exploitation(NamedTuple):
+    visible: Tensor  # share of the masked queries' attention on visible tokens
+    mask: Tensor  # ... on mask tokens
+    cls: Tensor  # ... on the cls token
+
+
+def exploitation_rates(attn: Tensor, mask: Tensor, per_key: bool = False) -> Exploitation:
+    """How much the decoder's queries at masked positions attend to visible tokens, mask tokens and cls.
+
+    ``attn`` ``[B, H, 1 + N, 1 + N]`` is a decoder layer's attention in the decoder's token order (cls,
+    then the N patches in image order); ``mask`` ``[B, N]`` is 1 at masked patches. For every query at a
+    masked position, its attention mass is summed over the visible patches' keys, the mask tokens' keys
+    and the cls key (the three sum to 1); each is averaged over those queries, heads and images. Under
+    uniform attention the shares are the key counts over 1 + N (visible, masked, 1 for cls), so at 75%
+    masking the mask tokens start with about three times the visible tokens' share. ``per_key=True``
+    divides each share by its fraction of the keys, so 1 means "as much as uniform attention" (the
+    paper's normalisation was not confirmed; the default is the raw share).
+    """
+    a = attn.float().mean(1)  # [B, T, T], heads averaged
+    masked = mask.bool()
+    no_cls = torch.zeros_like(masked[:, :1])
+    key_mask = torch.cat([no_cls, masked], dim=1).to(a.dtype)  # [B, T]
+    key_visible = torch.cat([no_cls, ~masked], dim=1).to(a.dtype)
+    to_mask = (a * key_mask[:, None]).sum(-1)  # [B, T] per query
+    to_visible = (a * key_visible[:, None]).sum(-1)
+    to_cls = a[..., 0]
+    queries = key_mask  # the masked positions
+    n_queries = queries.sum()
+    rates = [(r * queries).sum() / n_queries for r in (to_visible, to_mask, to_cls)]
+    if per_key:
+        t = a.shape[-1]
+        fractions = (key_visible.sum(1).mean() / t, key_mask.sum(1).mean() / t, 1.0 / t)
+        rates = [r / f for r, f in zip(rates, fractions)]
+    return Exploitation(*rates)
+
+
+# --- model passes -------------------------------------------------------------------------------
+class Trace(NamedTuple):
+    hidden: list[Tensor]  # hidden[i] = tokens after block i; hidden[0] = the input of the first block
+    attn: list[Tensor]  # attn[i] = attention probabilities of block i + 1 (empty unless asked)
+    out: Tensor  # the pass's output: the encoder's latent (after ``norm``) or the decoder's ``pred``
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, attention: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+    """Run ``blocks`` one after the other, keeping every hidden state (and each block's attention)."""
+    hidden, attn = [x], []
+    for blk in blocks:
+        if attention:
+            attn.append(attention_maps(blk, x))
+        x = blk(x)
+        hidden.append(x)
+    return hidden, attn
+
+
+@torch.no_grad()
+def encoder_trace(model: nn.Module, imgs: Tensor, ids_keep: Tensor | None = None, attention: bool = False) -> Trace:
+    """``MaskedAutoencoderViT``'s encoder, block by block: all patches (as ``forward_features``) or only
+    ``ids_keep`` ``[B, len_keep]`` (as ``forward_encoder``). Token 0 is the cls token."""
+    x = model.patch_embed(imgs) + model.pos_embed[:, 1:]
+    if ids_keep is not None:
+        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+    cls = (model.cls_token + model.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+    hidden, attn = run_blocks(model.blocks, torch.cat([cls, x], dim=1), attention)
+    return Trace(hidden, attn, model.norm(hidden[-1]))
+
+
+@torch.no_grad()
+def decoder_trace(model: nn.Module, latent: Tensor, ids_shuffle: Tensor, attention: bool = False) -> Trace:
+    """``MaskedAutoencoderViT``'s decoder, block by block, on the encoder's ``latent`` ``[B, 1 + len_keep, D]``.
+
+    Hidden states hold cls + all N patches in image order (visible tokens and mask tokens in place).
+    """
+    x = model.decoder_embed(latent)
+    n_mask = model.num_patches + 1 - x.shape[1]
+    patches = torch.cat([x[:, 1:], model.mask_token.expand(x.shape[0], n_mask, -1)], dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    patches = torch.gather(patches, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
+    x = torch.cat([x[:, :1], patches], dim=1) + model.decoder_pos_embed
+    hidden, attn = run_blocks(model.decoder_blocks, x, attention)
+    return Trace(hidden, attn, model.decoder_pred(model.decoder_norm(hidden[-1]))[:, 1:])
+
+
+@torch.no_grad()
+def encoder_layer_tokens(model: nn.Module, imgs: Tensor) -> list[Tensor]:
+    """Patch tokens ``[B, N, D]`` after every encoder block of the full image (``depth`` entries), one pass."""
+    return [h[:, 1:] for h in encoder_trace(model, imgs).hidden[1:]]
+
+
+def layer_relations(tokens: list[Tensor], temperature: float = 0.1) -> list[Tensor]:
+    """``token_relations`` of every layer's patch tokens."""
+    return [token_relations(z, temperature) for z in tokens]
+
+
+def relation_kl_per_layer(reference: list[Tensor], current: list[Tensor]) -> list[Tensor]:
+    """KL(reference || current) of the token relations, per layer (same images, same layers)."""
+    if len(reference) != len(current):
+        raise ValueError(f"relations of {len(reference)} and {len(current)} layers cannot be compared")
+    return [relation_kl(p, q) for p, q in zip(reference, current)]
+
+
+def model_relation_kl(reference: nn.Module, model: nn.Module, imgs: Tensor, temperature: float = 0.1) -> list[Tensor]:
+    """Per encoder layer, KL(reference's token relations || model's) on the same images (Fig. 3b)."""
+    return relation_kl_per_layer(layer_relations(encoder_layer_tokens(reference, imgs), temperature),
+                                 layer_relations(encoder_layer_tokens(model, imgs), temperature))
+
+
+def mask_from_ids(ids_shuffle: Tensor, len_keep: int) -> Tensor:
+    """``[B, N]`` float mask, 1 = masked, from a visible-first permutation."""
+    return torch.ones_like(ids_shuffle, dtype=torch.float).scatter_(1, ids_shuffle[:, :len_keep], 0.0)
+
+
+class Report(NamedTuple):
+    scalars: dict[str, float]  # "family/layer" -> value, see ``model_report``
+    relations: list[Tensor]  # token relations [B, N, N] of every encoder layer, for KL between models
+    encoder: Trace  # full-image encoder pass (with attention maps when asked)
+    decoder: Trace  # masked decoder pass (with attention maps when asked)
+
+
+@torch.no_grad()
+def model_report(
+    model: nn.Module, imgs: Tensor, ids_shuffle: Tensor, len_keep: int, temperature: float = 0.1,
+    tau: float = 0.2, eps: float = 1e-5, attention: bool = True,
+) -> Report:
+    """Every metric of one ``MaskedAutoencoderViT`` on one probe batch.
+
+    Encoder metrics use the full (unmasked) images; decoder metrics use the masked pass given by
+    ``ids_shuffle``/``len_keep`` (a fixed mask makes checks comparable). Scalars, per layer:
+
+    - ``sigma_f``, ``sigma_s``: Table 1 (encoder and decoder patch tokens);
+    - ``gap``: µintra − µinter of the NCut bi-partition (encoder);
+    - ``fourier_high``: relative log amplitude at the highest frequency (encoder);
+    - ``attn_dist`` (pixels), ``attn_nmi``: patch-to-patch attention (encoder and decoder), if ``attention``;
+    - ``exploit_visible``, ``exploit_mask``, ``exploit_cls``: decoder, if ``attention``;
+    - ``mask_var``: σF of the mask tokens' embeddings (decoder, Fig. 7c).
+    """
+    imgs = imgs.to(next(model.parameters()).dtype)
+    enc = encoder_trace(model, imgs, attention=attention)
+    latent = encoder_trace(model, imgs, ids_shuffle[:, :len_keep]).out
+    dec = decoder_trace(model, latent, ids_shuffle, attention=attention)
+    masked_ids = ids_shuffle[:, len_keep:]
+    patch = model.patch_size
+    out: dict[str, Tensor] = {}
+    tokens = [h[:, 1:].float() for h in enc.hidden[1:]]
+    for i, z in enumerate(tokens, 1):
+        out[f"sigma_f/enc{i}"] = feature_variance(z).mean()
+        out[f"sigma_s/enc{i}"] = similarity_variance(z).mean()
+        out[f"gap/enc{i}"] = bipartition_gap(z, tau=tau, eps=eps).nanmean()
+        out[f"fourier_high/enc{i}"] = fourier_amplitude(z)[-1]
+    for i, h in enumerate(dec.hidden[1:], 1):
+        z = h[:, 1:].float()
+        out[f"sigma_f/dec{i}"] = feature_variance(z).mean()
+        out[f"sigma_s/dec{i}"] = similarity_variance(z).mean()
+        if masked_ids.shape[1] > 0:
+            mask_tokens = z.gather(1, masked_ids[..., None].expand(-1, -1, z.shape[-1]))
+            out[f"mask_var/dec{i}"] = feature_variance(mask_tokens).mean()
+    if attention:
+        for name, trace in (("enc", enc), ("dec", dec)):
+            for i, a in enumerate(trace.attn, 1):
+                pa = patch_attention(a)
+                out[f"attn_dist/{name}{i}"] = attention_distance(pa, patch)
+                out[f"attn_nmi/{name}{i}"] = attention_nmi(pa)
+        mask = mask_from_ids(ids_shuffle, len_keep)
+        for i, a in enumerate(dec.attn, 1):
+            rates = exploitation_rates(a, mask)
+            out[f"exploit_visible/dec{i}"], out[f"exploit_mask/dec{i}"], out[f"exploit_cls/dec{i}"] = rates
+    scalars = dict(zip(out, torch.stack(list(out.values())).tolist()))  # one device sync, not one per metric
+    return Report(scalars, layer_relations(tokens, temperature), enc, dec)
