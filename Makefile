@@ -37,6 +37,40 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# ---------------------------------------------------------------- Analysis (the SG-MAE paper's §3, §5.4)
+.PHONY: analyze compare-fmnist
+ANALYZE_OUT  ?= runs/analysis
+ANALYZE_ARGS ?=
+
+# The paper's figures (Fig. 2-7, III) and metrics.csv for the checkpoints of one run:
+# make analyze CKPT="runs/sgmae_fmnist/sgmae-fmnist/<id>/checkpoints/epoch=*.ckpt" [ANALYZE_ARGS="--images DIR"]
+analyze: downstream-ckpt install
+	$(PY) -m lightning_mae.analyze $(CKPT) --out $(ANALYZE_OUT) $(ANALYZE_ARGS)
+
+# MAE vs SG-MAE (informed from epoch 2) vs SG-MAE (start_epoch: auto) on Fashion-MNIST, same budget:
+# train the three, analyse their per-epoch checkpoints, overlay the curves, linear-probe the encoders.
+FMNIST_RUNS := mae_fmnist sgmae_fmnist sgmae_fmnist_auto
+latest_run = $$(ls -td runs/$(1)/sgmae-fmnist/*/ | head -1)
+compare-fmnist: install data
+	for r in $(FMNIST_RUNS); do $(CLI) fit --config experiments/$$r.yaml || exit 1; done
+	for r in $(FMNIST_RUNS); do $(PY) -m lightning_mae.analyze $(call latest_run,$$r)checkpoints/epoch=*.ckpt \
+	  --out $(ANALYZE_OUT)/$$r || exit 1; done
+	$(PY) -m lightning_mae.compare --layer 3 --out $(ANALYZE_OUT)/fmnist_compare.png --start SG-MAE=2 \
+	  --run MAE=$(ANALYZE_OUT)/mae_fmnist --run SG-MAE=$(ANALYZE_OUT)/sgmae_fmnist \
+	  --run SG-MAE-auto=$(ANALYZE_OUT)/sgmae_fmnist_auto
+	$(PY) -m lightning_mae.downstream --protocols linprobe --out_dir runs/downstream \
+	  $(foreach r,$(FMNIST_RUNS),--ckpt $(call latest_run,$(r))checkpoints/last.ckpt)
+
+# ---------------------------------------------------------------- Streaming ImageNet (litdata shards)
+.PHONY: shards
+IMAGENET_DIR ?= data/imagenet
+SHARDS_DIR   ?= data/imagenet-shards
+SHARDS_ARGS  ?=
+# ImageFolder train/ (and val/) -> litdata shards of the JPEG bytes; upload $(SHARDS_DIR) to a bucket to stream it
+shards: install
+	$(PY) -m datamodules.streaming convert $(IMAGENET_DIR)/train $(SHARDS_DIR)/train $(SHARDS_ARGS)
+	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
+
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
 .PHONY: kodak bench-inr inr-image inr-audio inr-sdf
 KODAK_DIR  ?= ../shared/data/kodak

@@ -18,7 +18,7 @@ and ``dec{i}`` (after decoder block ``i``).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,9 @@ def similarity_variance(z: Tensor) -> Tensor:
     return similarity_matrix(z).flatten(1).var(dim=1, unbiased=False)
 
 
-def bipartition_gap(z: Tensor, clusters: Tensor | None = None, tau: float = 0.2, eps: float = 1e-5) -> Tensor:
+def bipartition_gap(
+    z: Tensor, clusters: Tensor | None = None, tau: float | Literal["mean"] = "mean", eps: float = 1e-5,
+) -> Tensor:
     """µintra − µinter per image ``[B]`` on the cosine-similarity graph of ``z`` ``[B, N, D]``.
 
     µintra is the mean edge weight (cosine similarity) over pairs of distinct patches in the same
@@ -272,7 +274,7 @@ class Report(NamedTuple):
 @torch.no_grad()
 def model_report(
     model: nn.Module, imgs: Tensor, ids_shuffle: Tensor, len_keep: int, temperature: float = 0.1,
-    tau: float = 0.2, eps: float = 1e-5, attention: bool = True,
+    tau: float | Literal["mean"] = "mean", eps: float = 1e-5, attention: bool = True,
 ) -> Report:
     """Every metric of one ``MaskedAutoencoderViT`` on one probe batch.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -32,7 +32,8 @@ class AnalysisMonitor(pl.Callback):
         every_n_epochs: check after every N-th training epoch (and after the last one).
         num_images: probe images (the state dict keeps ``depth`` N x N relations per image).
         temperature: softmax temperature of the token relations.
-        tau: affinity threshold of the Normalized-Cut graph of the gap.
+        tau: affinity threshold of the Normalized-Cut graph of the gap (``"mean"``: per image, see
+            ``masking.ncut_bipartition``).
         eps: edge weight below ``tau``.
         mask_ratio: masking of the decoder metrics; ``None`` = the module's ``masking.mask_ratio``.
         attention: also compute the attention metrics (distance, NMI, exploitation rates).
@@ -44,7 +45,7 @@ class AnalysisMonitor(pl.Callback):
         every_n_epochs: int = 1,
         num_images: int = 8,
         temperature: float = 0.1,
-        tau: float = 0.2,
+        tau: float | Literal["mean"] = "mean",
         eps: float = 1e-5,
         mask_ratio: float | None = None,
         attention: bool = True,

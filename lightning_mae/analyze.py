@@ -251,7 +251,7 @@ def fig_per_layer(epochs: list[int], rows: list[dict[str, float]], panels: list[
     return _save(fig, path)
 
 
-def fig_clusters(imgs: Tensor, report: Report, layer: int, tau: float, eps: float, path: Path) -> Path:
+def fig_clusters(imgs: Tensor, report: Report, layer: int, tau: float | str, eps: float, path: Path) -> Path:
     """Fig. III: each image with its Normalized-Cut object side (red) and the rest (blue) overlaid."""
     z = F.normalize(report.encoder.hidden[layer][:, 1:].float(), dim=-1)
     clusters = _grid(ncut_bipartition(z, tau, eps).float())
@@ -293,15 +293,19 @@ def write_csv(path: Path, checkpoints: list[Checkpoint], rows: list[dict[str, fl
 def analyze(
     ckpts: list[str], out: str | Path, images: str = "fashion-mnist", num_images: int = 8, norm: str = "auto",
     temperature: float = 0.1, mask_ratio: float | None = None, layer: int | None = None, seed: int = 0,
-    device: str = "cpu",
+    device: str = "cpu", tau: float | str | None = "mean",
 ) -> list[Path]:
-    """Measure every checkpoint and write ``metrics.csv`` and the figures into ``out``; returns the files."""
+    """Measure every checkpoint and write ``metrics.csv`` and the figures into ``out``; returns the files.
+
+    ``tau``: NCut threshold of the gap and cluster figures (``"mean"``: per image); ``None`` = the run's.
+    """
     metas = [read_pretraining_checkpoint(c)[0] for c in ckpts]  # memory-mapped: cheap, fails early
     check_same_architecture(metas)
     order = sorted(range(len(metas)), key=lambda i: metas[i].epoch)  # stable: ties keep the given order
     metas = [metas[i] for i in order]
     config, masking_args = metas[-1].config, metas[-1].masking
-    masking = SelfGuidedMasking(**{**masking_args, **({} if mask_ratio is None else {"mask_ratio": mask_ratio})})
+    overrides = {k: v for k, v in (("mask_ratio", mask_ratio), ("tau", tau)) if v is not None}
+    masking = SelfGuidedMasking(**{**masking_args, **overrides})
     depth = config["depth"]
     layer = depth if layer is None else layer
     if not 1 <= layer <= depth:
@@ -354,12 +358,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--layer", type=int, default=None,
                         help="encoder block of Fig. 2 and Fig. III (default: the last)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fixed random masks")
+    parser.add_argument("--tau", type=lambda v: v if v in ("mean", "run") else float(v), default="mean",
+                        help="NCut threshold of the gap and cluster figures: a cosine, 'mean' (per image) or "
+                             "'run' (the run's masking.tau)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
     files = analyze(args.ckpts, args.out, args.images, args.num_images, args.norm, args.temperature,
-                    args.mask_ratio, args.layer, args.seed, args.device)
+                    args.mask_ratio, args.layer, args.seed, args.device, None if args.tau == "run" else args.tau)
     print("\n".join(["Wrote:", *(f"  {f}" for f in files)]))
     return files
 

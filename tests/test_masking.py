@@ -217,3 +217,18 @@ def test_auto_state_survives_a_state_dict_round_trip():
 def test_auto_options_are_validated(bad):
     with pytest.raises(ValueError):
         SelfGuidedMasking(**bad)
+
+
+def test_ncut_mean_threshold_splits_anisotropic_embeddings():
+    """Every pair has cosine > 0.2 (a shared offset), so tau=0.2 gives a complete graph; 'mean' still
+    finds the two groups."""
+    torch.manual_seed(0)
+    base, a, b = torch.zeros(3, 16), torch.zeros(16), torch.zeros(16)
+    base[0, 0], a[1], b[2] = 3.0, 1.0, 1.0
+    truth = torch.zeros(2, 64, dtype=torch.bool)
+    truth[:, :20] = True
+    z = torch.where(truth[..., None], a, b) + base[0] + 0.05 * torch.randn(2, 64, 16)
+    z = F.normalize(z, dim=-1)
+    assert (z @ z.transpose(1, 2)).min() > 0.2
+    obj = ncut_bipartition(z, tau="mean")
+    assert all(torch.equal(o, t) or torch.equal(o, ~t) for o, t in zip(obj, truth))
