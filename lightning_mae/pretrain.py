@@ -142,6 +142,16 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/probe_acc", (logits.argmax(-1) == labels).float().mean(), on_epoch=True)
         return loss
 
+    def on_train_start(self) -> None:
+        # configure_optimizers reads trainer.estimated_stepping_batches, which sets up the train loader
+        # before Lightning restores the checkpoint's loop state, and Lightning then never hands the
+        # saved loader state (the mid-epoch position) to the loader. Hand it over and restart the
+        # iterator from it, so a mid-epoch resume continues with the unseen batches (Lightning 2.6).
+        fit_loop = self.trainer.fit_loop
+        if fit_loop.restarting and fit_loop._combined_loader_states_to_load and fit_loop._data_fetcher is not None:
+            fit_loop._load_combined_loader_states()
+            iter(fit_loop._data_fetcher)
+
     def on_train_epoch_end(self) -> None:
         masking = self.masking
         if not masking.auto:
