@@ -37,6 +37,17 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# ---------------------------------------------------------------- Speed
+MAE_REF ?= /tmp/mae_ref/models_mae.py
+.PHONY: bench-speed bench-data
+# ours vs facebookresearch/mae's models_mae.py (a copy at MAE_REF with util/pos_embed.py beside it; never in this repo)
+bench-speed: install
+	$(PY) -m lightning_mae.bench --reference $(MAE_REF) --precision bf16 32 --steps 10
+	$(PY) -m lightning_mae.bench --compile --models demo vit_b16 --precision bf16
+
+bench-data: install
+	$(PY) -m datamodules.bench --workers 1 2
+
 # ---------------------------------------------------------------- Analysis (the SG-MAE paper's §3, §5.4)
 .PHONY: analyze compare-fmnist
 ANALYZE_OUT  ?= runs/analysis

@@ -13,6 +13,7 @@ many workers a GPU needs at ``--gpu-tflops`` (images/s = TFLOP/s / the step's me
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.images and images is None:
         print(f"--images {args.images}: not a folder; using skimage.data's sample photographs")
 
+    step = training_step(args.precision, args.steps) if args.steps else None  # before any worker exists
     with tempfile.TemporaryDirectory() as tmp:
         jpegs = write_jpegs(images, Path(tmp), args.short_side)
         sizes = [Image.open(p).size for p in jpegs]
@@ -143,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
             data.num_workers = workers
             loader = data.train_dataloader()
             result["loader_images_per_s"][workers] = loader_images_per_s(loader, args.seconds)
-            del loader  # stops its (persistent) workers
+            del loader
+            gc.collect()  # the loader and its iterator hold each other: collecting them stops the workers
 
     per_worker = result["per_worker_images_per_s"]
     w, h = result["mean_size"]
@@ -153,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
              f"| decode + augment, one worker (in process, 1 thread) | {per_worker:.1f} |"]
     lines += [f"| train DataLoader, {k} worker(s), batch {data.batch_size} | {v:.1f} |"
               for k, v in result["loader_images_per_s"].items()]
-    if args.steps:
-        step_ips, gflop = training_step(args.precision, args.steps)
+    if step is not None:
+        step_ips, gflop = step
         gpu_ips = args.gpu_tflops * 1e3 / gflop
         result.update(step_images_per_s=step_ips, step_precision=args.precision, gflop_per_image=gflop,
                       gpu_tflops=args.gpu_tflops, gpu_images_per_s=gpu_ips,

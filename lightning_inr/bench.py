@@ -103,7 +103,7 @@ def compile_speedup(build, coords: torch.Tensor, steps: int) -> dict[str, float]
     ratios = sorted(e / c for e, c in zip(times["eager"], times["compiled"]))
     return {"eager_s": statistics.median(times["eager"]), "compiled_s": statistics.median(times["compiled"]),
             "speedup": statistics.median(ratios), "speedup_min": ratios[0], "speedup_max": ratios[-1],
-            "compile_s": first["compiled"] - first["eager"]}
+            "compile_s": max(0.0, first["compiled"] - first["eager"])}
 
 
 def main(argv: list[str] | None = None) -> dict:

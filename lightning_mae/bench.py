@@ -369,8 +369,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     if args.reference:
         reference = load_reference(args.reference)
-        results = [bench_reference(reference, args.steps, device, p, profile_steps=args.profile)
-                   for p in args.precision]
+        results = []
+        for precision in args.precision:
+            results.append(bench_reference(reference, args.steps, device, precision, profile_steps=args.profile))
+            print(f"{precision}: speed-up {results[-1]['speedup']:.2f}x", flush=True)
         print(f"MAE ViT-B/16 pretraining step, ours vs {args.reference} ({device}, torch threads "
               f"{torch.get_num_threads()}, batch {BATCH}, {args.steps} paired rounds after warm-up)")
         print(report_reference(results))

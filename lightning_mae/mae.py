@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
@@ -37,13 +38,14 @@ def sincos_pos_embed(embed_dim: int, grid_size: int, cls_token: bool = True) -> 
 
 
 class Attention(TimmAttention):
-    """timm's multi-head self-attention (same parameters and attributes), computed on CPU as
-    ``softmax(q k^T * scale) v`` with two batched matrix products.
+    """timm's multi-head self-attention (same parameters, attributes and function), computed in
+    bf16/fp16 on CPU as ``softmax(q k^T * scale) v`` with two batched matrix products.
 
-    At MAE sizes (50 or 197 tokens, head dim 32 or 64) PyTorch's CPU flash-attention kernel is slow
-    to train through: its backward takes 3-4x as long as the explicit form in bf16 (about a sixth of
-    a ViT-B/16 step, see ``python -m lightning_mae.bench --profile``). On GPUs and other accelerators
-    the fused kernel (``F.scaled_dot_product_attention``) runs, as in timm.
+    At MAE sizes (50 or 197 tokens, head dim 64 or 32) PyTorch's CPU flash-attention kernel is slow
+    to train through in bf16: its backward takes 3-4x as long as the explicit form's (about an eighth
+    of a ViT-B/16 step, see ``python -m lightning_mae.bench --reference ... --profile 2``). In fp32 on
+    CPU, and on GPUs and other accelerators, the fused kernel (``F.scaled_dot_product_attention``)
+    runs, as in timm: there it is the faster one.
     """
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -51,9 +53,12 @@ class Attention(TimmAttention):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q) * self.scale, self.k_norm(k)
-        attn = self.attn_drop((q @ k.transpose(-2, -1)).softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(b, n, self.attn_dim)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if q.dtype == torch.float32:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            x = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+        x = x.transpose(1, 2).reshape(b, n, self.attn_dim)
         return self.proj_drop(self.proj(self.norm(x)))
 
 
