@@ -17,7 +17,7 @@ from lightning_mae.detection import InstanceSegmentation, SimpleFeaturePyramid
 from lightning_mae.encoder import ViTEncoder
 
 # uncompressed RLE (column-major runs) of a 2x6 region at rows 44-45, columns 0-5 of a 48x64 image
-CROWD_RLE = [44, 2, 46, 2, 46, 2, 46, 2, 46, 2, 46, 2, 2722]
+CROWD_RLE = [44, 2, 46, 2, 46, 2, 46, 2, 46, 2, 46, 2, 2786]  # column-major runs summing to 48 * 64
 TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=4, num_heads=4)
 
 
