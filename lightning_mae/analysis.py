@@ -211,11 +211,7 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, attention: bool = False) -> tup
 def encoder_trace(model: nn.Module, imgs: Tensor, ids_keep: Tensor | None = None, attention: bool = False) -> Trace:
     """``MaskedAutoencoderViT``'s encoder, block by block: all patches (as ``forward_features``) or only
     ``ids_keep`` ``[B, len_keep]`` (as ``forward_encoder``). Token 0 is the cls token."""
-    x = model.patch_embed(imgs) + model.pos_embed[:, 1:]
-    if ids_keep is not None:
-        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-    cls = (model.cls_token + model.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-    hidden, attn = run_blocks(model.blocks, torch.cat([cls, x], dim=1), attention)
+    hidden, attn = run_blocks(model.blocks, model.encoder_input(imgs, ids_keep), attention)
     return Trace(hidden, attn, model.norm(hidden[-1]))
 
 
@@ -225,13 +221,7 @@ def decoder_trace(model: nn.Module, latent: Tensor, ids_shuffle: Tensor, attenti
 
     Hidden states hold cls + all N patches in image order (visible tokens and mask tokens in place).
     """
-    x = model.decoder_embed(latent)
-    n_mask = model.num_patches + 1 - x.shape[1]
-    patches = torch.cat([x[:, 1:], model.mask_token.expand(x.shape[0], n_mask, -1)], dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    patches = torch.gather(patches, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
-    x = torch.cat([x[:, :1], patches], dim=1) + model.decoder_pos_embed
-    hidden, attn = run_blocks(model.decoder_blocks, x, attention)
+    hidden, attn = run_blocks(model.decoder_blocks, model.decoder_input(latent, ids_shuffle), attention)
     return Trace(hidden, attn, model.decoder_pred(model.decoder_norm(hidden[-1]))[:, 1:])
 
 

@@ -151,12 +151,17 @@ class MaskedAutoencoderViT(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 
+    def encoder_input(self, imgs: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """Tokens entering the first encoder block: cls + all patches, or only ``ids_keep`` ``[B, k]``."""
+        x = self._embed(imgs)
+        if ids_keep is not None:
+            x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
+        return self._with_cls(x)
+
     def forward_encoder(self, imgs: Tensor, ids_shuffle: Tensor, len_keep: int) -> tuple[Tensor, Tensor]:
         """Encode the first ``len_keep`` patches of ``ids_shuffle``. Returns (latent, mask)."""
-        x = self._embed(imgs)
         ids_keep = ids_shuffle[:, :len_keep]
-        x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-        x = self._with_cls(x)
+        x = self.encoder_input(imgs, ids_keep)
         for blk in self.blocks:
             x = blk(x)
         mask = torch.ones(imgs.shape[0], self.num_patches, device=imgs.device)
@@ -165,7 +170,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     def forward_features(self, imgs: Tensor) -> Tensor:
         """Unmasked encoder output ``[B, 1 + N, D]`` (cls first), for probing and evaluation."""
-        x = self._with_cls(self._embed(imgs))
+        x = self.encoder_input(imgs)
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)
@@ -178,19 +183,23 @@ class MaskedAutoencoderViT(nn.Module):
         """
         if not 0 <= layer <= self.depth:
             raise ValueError(f"source_layer={layer} is outside [0, depth={self.depth}]")
-        x = self._with_cls(self._embed(imgs))
+        x = self.encoder_input(imgs)
         for blk in self.blocks[:layer]:
             x = blk(x)
         return nn.functional.normalize(x[:, 1:].float(), dim=-1)
 
     # --- decoder and loss -----------------------------------------------------------------------
-    def forward_decoder(self, latent: Tensor, ids_shuffle: Tensor) -> Tensor:
+    def decoder_input(self, latent: Tensor, ids_shuffle: Tensor) -> Tensor:
+        """Tokens entering the first decoder block: cls + all N patches in image order (mask tokens in place)."""
         x = self.decoder_embed(latent)
         n_mask = self.num_patches + 1 - x.shape[1]
         x_ = torch.cat([x[:, 1:], self.mask_token.expand(x.shape[0], n_mask, -1)], dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         x_ = torch.gather(x_, 1, ids_restore[..., None].expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+        return torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed
+
+    def forward_decoder(self, latent: Tensor, ids_shuffle: Tensor) -> Tensor:
+        x = self.decoder_input(latent, ids_shuffle)
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
