@@ -32,7 +32,7 @@ test-fast: install
 	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: install
-	$(PY) -m lightning_mae.bench
+	$(PY) -m benchmarks.mae_speed
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -42,11 +42,11 @@ MAE_REF ?= /tmp/mae_ref/models_mae.py
 .PHONY: bench-speed bench-data
 # ours vs facebookresearch/mae's models_mae.py (a copy at MAE_REF with util/pos_embed.py beside it; never in this repo)
 bench-speed: install
-	$(PY) -m lightning_mae.bench --reference $(MAE_REF) --precision bf16 32 --steps 10
-	$(PY) -m lightning_mae.bench --compile --models demo vit_b16 --precision bf16
+	$(PY) -m benchmarks.mae_speed --reference $(MAE_REF) --precision bf16 32 --steps 10
+	$(PY) -m benchmarks.mae_speed --compile --models demo vit_b16 --precision bf16
 
 bench-data: install
-	$(PY) -m datamodules.bench --workers 1 2
+	$(PY) -m benchmarks.data_loading --workers 1 2
 
 # ---------------------------------------------------------------- Analysis (the SG-MAE paper's §3, §5.4)
 .PHONY: analyze compare-fmnist
@@ -56,7 +56,7 @@ ANALYZE_ARGS ?=
 # The paper's figures (Fig. 2-7, III) and metrics.csv for the checkpoints of one run:
 # make analyze CKPT="runs/sgmae_fmnist/sgmae-fmnist/<id>/checkpoints/epoch=*.ckpt" [ANALYZE_ARGS="--images DIR"]
 analyze: downstream-ckpt install
-	$(PY) -m lightning_mae.analyze $(CKPT) --out $(ANALYZE_OUT) $(ANALYZE_ARGS)
+	$(PY) -m lightning_mae.analysis.figures $(CKPT) --out $(ANALYZE_OUT) $(ANALYZE_ARGS)
 
 # MAE vs SG-MAE (informed from epoch 2) vs SG-MAE (start_epoch: auto) on Fashion-MNIST, same budget:
 # train the three, analyse their per-epoch checkpoints, overlay the curves, linear-probe the encoders.
@@ -64,12 +64,12 @@ FMNIST_RUNS := mae_fmnist sgmae_fmnist sgmae_fmnist_auto
 latest_run = $$(ls -td runs/$(1)/sgmae-fmnist/*/ | head -1)
 compare-fmnist: install data
 	for r in $(FMNIST_RUNS); do $(CLI) fit --config experiments/$$r.yaml || exit 1; done
-	for r in $(FMNIST_RUNS); do $(PY) -m lightning_mae.analyze $(call latest_run,$$r)checkpoints/epoch=*.ckpt \
+	for r in $(FMNIST_RUNS); do $(PY) -m lightning_mae.analysis.figures $(call latest_run,$$r)checkpoints/epoch=*.ckpt \
 	  --out $(ANALYZE_OUT)/$$r || exit 1; done
-	$(PY) -m lightning_mae.compare --layer 3 --out $(ANALYZE_OUT)/fmnist_compare.png --start SG-MAE=2 \
+	$(PY) -m lightning_mae.analysis.compare --layer 3 --out $(ANALYZE_OUT)/fmnist_compare.png --start SG-MAE=2 \
 	  --run MAE=$(ANALYZE_OUT)/mae_fmnist --run SG-MAE=$(ANALYZE_OUT)/sgmae_fmnist \
 	  --run SG-MAE-auto=$(ANALYZE_OUT)/sgmae_fmnist_auto
-	$(PY) -m lightning_mae.downstream --protocols linprobe --out_dir runs/downstream \
+	$(PY) -m lightning_mae.downstream.runner --protocols linprobe --out_dir runs/downstream \
 	  $(foreach r,$(FMNIST_RUNS),--ckpt $(call latest_run,$(r))checkpoints/last.ckpt)
 
 # ---------------------------------------------------------------- Streaming ImageNet (litdata shards)
@@ -79,8 +79,8 @@ SHARDS_DIR   ?= data/imagenet-shards
 SHARDS_ARGS  ?=
 # ImageFolder train/ (and val/) -> litdata shards of the JPEG bytes; upload $(SHARDS_DIR) to a bucket to stream it
 shards: install
-	$(PY) -m datamodules.streaming convert $(IMAGENET_DIR)/train $(SHARDS_DIR)/train $(SHARDS_ARGS)
-	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
+	$(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/train $(SHARDS_DIR)/train $(SHARDS_ARGS)
+	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
 
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
 .PHONY: kodak bench-inr inr-image inr-audio inr-sdf
@@ -90,10 +90,10 @@ KODAK_ARGS ?=
 # Fit every Kodak image of $(KODAK_DIR) with every method and write runs/kodak/table.md
 # (e.g. `make kodak KODAK_ARGS="--images kodim19.png --methods neural_experts siren --steps 2000"`).
 kodak: install
-	$(PY) -m lightning_inr.kodak --folder $(KODAK_DIR) --out runs/kodak $(KODAK_ARGS)
+	$(PY) -m benchmarks.kodak_table --folder $(KODAK_DIR) --out runs/kodak $(KODAK_ARGS)
 
 bench-inr: install
-	$(PY) -m lightning_inr.bench
+	$(PY) -m benchmarks.inr_speed
 
 inr-image: install
 	$(CLI) fit --config experiments/inr_image.yaml
@@ -116,7 +116,7 @@ downstream-ckpt:
 # Linear probe + fine-tune of each checkpoint on Fashion-MNIST (and on the datasets given in
 # DOWNSTREAM_ARGS, e.g. "--imagenet /data/imagenet --cub /data/CUB_200_2011"); writes results.md/.csv.
 downstream: downstream-ckpt install
-	$(PY) -m lightning_mae.downstream $(foreach c,$(CKPT),--ckpt $(c)) --out_dir $(DOWNSTREAM_OUT) $(DOWNSTREAM_ARGS)
+	$(PY) -m lightning_mae.downstream.runner $(foreach c,$(CKPT),--ckpt $(c)) --out_dir $(DOWNSTREAM_OUT) $(DOWNSTREAM_ARGS)
 
 # COCO detection + instance segmentation (Mask R-CNN, ViTDet pyramid): make coco CKPT=... COCO_DIR=/data/coco
 COCO_DIR  ?= data/coco

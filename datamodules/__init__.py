@@ -1,19 +1,27 @@
-"""LightningDataModules of the project (select one in a config by ``class_path``)."""
+"""LightningDataModules of the project, grouped by who uses them (select one in a config by ``class_path``):
 
-from datamodules.ade20k import ADE20K
-from datamodules.audio_signal import AudioSignal
-from datamodules.cifar import CIFAR
-from datamodules.coco import COCODetection
-from datamodules.cub import CUB200
-from datamodules.fashion_mnist import FashionMNIST
-from datamodules.fmnist_classification import FashionMNISTClassification
-from datamodules.image_signal import ImageSignal
-from datamodules.imagefolder import ImageFolderClassification
-from datamodules.imagenet import ImageNet
-from datamodules.inat import INat2019
-from datamodules.sdf_samples import SDFSamples
+- ``pretraining``: unlabelled images for MAE pretraining (Fashion-MNIST, ImageNet folders, litdata shards);
+- ``classification``: labelled images for the linear probe and fine-tuning (CIFAR, CUB, iNat, ImageFolder,
+  Fashion-MNIST);
+- ``dense``: COCO instance segmentation and ADE20K semantic segmentation;
+- ``signals``: one signal for an implicit neural representation (image, audio clip, SDF samples of a mesh),
+  with a few bundled samples.
+
+``images`` (decoding image files) and ``loaders`` (seeded, resumable DataLoaders) serve all of them.
+"""
+
+from datamodules.classification import (
+    CIFAR,
+    CUB200,
+    FashionMNISTClassification,
+    ImageFolderClassification,
+    INat2019,
+)
+from datamodules.dense import ADE20K, COCODetection
+from datamodules.pretraining import FashionMNIST, ImageNet, StreamingImageNet
+from datamodules.signals import AudioSignal, ImageSignal, SDFSamples
 
 __all__ = [
     "ADE20K", "CIFAR", "CUB200", "AudioSignal", "COCODetection", "FashionMNIST", "FashionMNISTClassification",
-    "INat2019", "ImageFolderClassification", "ImageNet", "ImageSignal", "SDFSamples",
+    "INat2019", "ImageFolderClassification", "ImageNet", "ImageSignal", "SDFSamples", "StreamingImageNet",
 ]

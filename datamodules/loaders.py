@@ -8,7 +8,6 @@ saves and restores the loader's ``state_dict``) sees exactly the batches an unin
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -18,10 +17,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-
-def run_seed() -> int:
-    """The run's seed: what ``seed_everything`` set (LightningCLI's ``seed_everything``), else 0."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+from lightning_run.seeding import run_seed
 
 
 class SeededSampler(DistributedSampler):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lightning_inr.activations import ActivationName
-from lightning_inr.init import InitName
+from lightning_inr.initializers import InitName
 from lightning_inr.mlp import MLP
 
 

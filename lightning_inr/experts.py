@@ -21,9 +21,9 @@ from torch import nn
 
 from lightning_inr.activations import ActivationName
 from lightning_inr.encodings import CoordinateEncoder
-from lightning_inr.init import InitName
+from lightning_inr.field import FieldOutput
+from lightning_inr.initializers import InitName
 from lightning_inr.mlp import MLP
-from lightning_inr.output import FieldOutput
 
 Conditioning = Literal["none", "max", "mean", "cat"]
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_inr.experts import NeuralExperts
-from lightning_inr.output import FieldOutput
+from lightning_inr.field import FieldOutput
 
 
 def sparse_forward(network: NeuralExperts, coords: torch.Tensor) -> FieldOutput:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_inr.activations import ActivationName, make_activation
-from lightning_inr.init import InitName, init_layer_
+from lightning_inr.initializers import InitName, init_layer_
 
 
 class MLP(nn.Module):

@@ -2,7 +2,7 @@
 
 A task reads the data it needs from the DataModule (``coords``/``image``, ``coords``/``signal``/
 ``rate``, or the SDF grids and surface samples) and never touches optimisation: the LightningModule
-(:class:`lightning_inr.module.SignalFit`) orchestrates.
+(:class:`lightning_inr.signal_fit.SignalFit`) orchestrates.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import torch
 from torch import nn
 
 from lightning_inr import metrics
-from lightning_inr.inference import render
-from lightning_inr.losses import q_weighted_mse, q_weighted_sdf_loss, q_weighted_surface_loss
-from lightning_inr.outputs import (
+from lightning_inr.artifacts import (
     expert_colours,
     save_ply,
     save_png,
     save_wav,
     save_waveform_by_expert,
 )
+from lightning_inr.inference import render
+from lightning_inr.losses import q_weighted_mse, q_weighted_sdf_loss, q_weighted_surface_loss
 
 
 def expert_usage(selected: torch.Tensor, n_experts: int) -> dict[str, float]:

@@ -43,7 +43,7 @@ class Attention(TimmAttention):
 
     At MAE sizes (50 or 197 tokens, head dim 64 or 32) PyTorch's CPU flash-attention kernel is slow
     to train through in bf16: its backward takes 3-4x as long as the explicit form's (about an eighth
-    of a ViT-B/16 step, see ``python -m lightning_mae.bench --reference ... --profile 2``). In fp32 on
+    of a ViT-B/16 step, see ``python -m benchmarks.mae_speed --reference ... --profile 2``). In fp32 on
     CPU, and on GPUs and other accelerators, the fused kernel (``F.scaled_dot_product_attention``)
     runs, as in timm: there it is the faster one.
     """

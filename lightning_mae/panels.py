@@ -11,10 +11,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from lightning_mae.cli import run_dir
 from lightning_mae.mae import MaskedAutoencoderViT
 from lightning_mae.masking import SelfGuidedMasking, random_ids_shuffle
 from lightning_mae.pretrain import MAEPretraining, split_batch
+from lightning_run import run_dir
 
 
 @torch.no_grad()

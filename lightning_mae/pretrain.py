@@ -15,11 +15,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.loaders import run_seed
 from lightning_mae.mae import MaskedAutoencoderViT
 from lightning_mae.masking import SelfGuidedMasking, random_ids_shuffle
 from lightning_mae.optim import param_groups_weight_decay, warmup_cosine
 from lightning_mae.probe import LinearProbe
+from lightning_run import compile_once, effective_batch_size, run_seed
 
 
 def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -34,7 +34,7 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW, with PyTorch's fused kernel when every parameter is on a CPU or CUDA device: one pass
     over the weights per step instead of about ten per tensor (on CPU the default for-loop AdamW is
-    ~10 % of a ViT-B/16 bf16 step; ``python -m lightning_mae.bench --reference`` measures it)."""
+    ~10 % of a ViT-B/16 bf16 step; ``python -m benchmarks.mae_speed --reference`` measures it)."""
     fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
@@ -95,10 +95,7 @@ class MAEPretraining(pl.LightningModule):
         self.val_probe_acc = MulticlassAccuracy(num_classes) if num_classes else None
 
     def configure_model(self) -> None:
-        # Lightning calls this on the final device and again per stage: compile once.
-        if self.hparams.get("compile") and not getattr(self, "_compiled", False):
-            self.backbone.compile()
-            self._compiled = True
+        compile_once(self, self.backbone, bool(self.hparams.get("compile")))
 
     # --- schedule state, derived from the trainer (so a resumed run continues where it was) -------
     @property
@@ -196,17 +193,10 @@ class MAEPretraining(pl.LightningModule):
         checkpoint["mae_config"] = dict(self.backbone.config)
 
     # --- optimization -----------------------------------------------------------------------------
-    def effective_batch_size(self) -> int:
-        trainer = self.trainer
-        batch_size = getattr(trainer.train_dataloader, "batch_size", None)
-        if not batch_size:
-            raise RuntimeError("cannot scale the learning rate: the train DataLoader has no batch_size")
-        return batch_size * trainer.world_size * trainer.accumulate_grad_batches
-
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         total_steps = int(self.trainer.estimated_stepping_batches)  # also sets up the train loader
-        eff_batch = self.effective_batch_size()
+        eff_batch = effective_batch_size(self.trainer)
         lr = hp.lr if hp.lr is not None else hp.blr * eff_batch / 256
         rank_zero_info(
             f"effective batch {eff_batch} (per device x {self.trainer.world_size} processes x "

@@ -15,8 +15,10 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.fashion_mnist import DEBIAN_DIR, MEAN, STD, read_idx
-from lightning_mae.analysis import (
+from datamodules.pretraining.fashion_mnist import DEBIAN_DIR, MEAN, STD, read_idx
+from lightning_mae.analysis.figures import load_images
+from lightning_mae.analysis.figures import main as analyze_main
+from lightning_mae.analysis.metrics import (
     attention_distance,
     attention_maps,
     attention_nmi,
@@ -36,9 +38,7 @@ from lightning_mae.analysis import (
     similarity_variance,
     token_relations,
 )
-from lightning_mae.analysis_monitor import AnalysisMonitor
-from lightning_mae.analyze import load_images
-from lightning_mae.analyze import main as analyze_main
+from lightning_mae.analysis.monitor import AnalysisMonitor
 from lightning_mae.mae import MaskedAutoencoderViT
 from lightning_mae.masking import SelfGuidedMasking, random_ids_shuffle
 from lightning_mae.pretrain import MAEPretraining

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lightning_mae.cli import cli
+from lightning_run.cli import cli
 from tests.conftest import EXPERIMENTS, run_lightning
 
 CONFIGS = sorted(EXPERIMENTS.glob("*.yaml"))
@@ -34,7 +34,7 @@ def test_print_config_parses(config: Path, capsys, monkeypatch):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
     assert printed["trainer"]["max_epochs"] or printed["trainer"]["max_steps"]
-    assert {"class_path": "lightning_mae.guards.AtomicCheckpointIO"} in printed["trainer"]["plugins"]
+    assert {"class_path": "lightning_run.checkpoint_io.AtomicCheckpointIO"} in printed["trainer"]["plugins"]
 
 
 def test_fmnist_configs_differ_only_in_masking():

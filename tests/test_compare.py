@@ -1,4 +1,4 @@
-"""``python -m lightning_mae.compare``: overlay of the runs' clustering curves."""
+"""``python -m lightning_mae.analysis.compare``: overlay of the runs' clustering curves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lightning_mae.compare import main, read_curves
+from lightning_mae.analysis.compare import main, read_curves
 
 
 def _metrics(folder: Path, gaps: list[float]) -> Path:

@@ -15,11 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mae import MAEPretraining, MaskedAutoencoderViT
-from lightning_mae.checkpoints import load_encoder, read_checkpoint, save_official
-from lightning_mae.encoder import ViTEncoder, scaled_block_indices
-from lightning_mae.finetune import FineTuning
-from lightning_mae.layer_decay import layer_id, param_groups_layer_decay
-from lightning_mae.linear_probe import LinearProbing
+from lightning_mae.downstream.checkpoints import load_encoder, read_checkpoint, save_official
+from lightning_mae.downstream.encoder import ViTEncoder, scaled_block_indices
+from lightning_mae.downstream.finetune import FineTuning
+from lightning_mae.downstream.layer_decay import layer_id, param_groups_layer_decay
+from lightning_mae.downstream.linear_probe import LinearProbing
 from tests.conftest import REPO
 
 TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=4, num_heads=4)
@@ -251,7 +251,7 @@ def test_downstream_runs_end_to_end_on_fashion_mnist(tmp_path):
     quick = ["--data.init_args.train_subset", "32", "--data.init_args.batch_size", "16",
              "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2"]
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_mae.downstream", "--ckpt", str(ckpt), "--out_dir", str(tmp_path / "out"),
+        [sys.executable, "-m", "lightning_mae.downstream.runner", "--ckpt", str(ckpt), "--out_dir", str(tmp_path / "out"),
          "--", *quick],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
@@ -274,7 +274,7 @@ def test_downstream_runs_end_to_end_on_fashion_mnist(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("config,data", [("linprobe_imagenet.yaml", "imagefolder"), ("finetune_cifar10.yaml", "cifar")])
 def test_real_dataset_configs_run_on_fixtures(tmp_path, monkeypatch, config, data):
-    from lightning_mae.cli import cli
+    from lightning_run.cli import cli
     from tests.conftest import EXPERIMENTS
     from tests.test_downstream_data import save_jpeg, write_cifar
 

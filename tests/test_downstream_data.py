@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.cifar import CIFAR
-from datamodules.classification import classification_transform
-from datamodules.cub import CUB200
-from datamodules.fmnist_classification import FashionMNISTClassification
-from datamodules.imagefolder import ImageFolderClassification
-from datamodules.inat import INat2019
+from datamodules.classification.base import classification_transform
+from datamodules.classification.cifar import CIFAR
+from datamodules.classification.cub import CUB200
+from datamodules.classification.fashion_mnist import FashionMNISTClassification
+from datamodules.classification.image_folder import ImageFolderClassification
+from datamodules.classification.inat import INat2019
 
 SMALL = dict(batch_size=2, num_workers=0, img_size=16)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.coco import COCODetection
-from lightning_mae.detection import InstanceSegmentation, SimpleFeaturePyramid
-from lightning_mae.encoder import ViTEncoder
+from datamodules.dense.coco import COCODetection
+from lightning_mae.downstream.detection import InstanceSegmentation, SimpleFeaturePyramid
+from lightning_mae.downstream.encoder import ViTEncoder
 
 # uncompressed RLE (column-major runs) of a 2x6 region at rows 44-45, columns 0-5 of a 48x64 image
 CROWD_RLE = [44, 2, 46, 2, 46, 2, 46, 2, 46, 2, 46, 2, 2786]  # column-major runs summing to 48 * 64

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from datamodules.ade20k import ADE20K, reduce_zero_label
-from lightning_mae.encoder import ViTEncoder
-from lightning_mae.segmentation import SemanticSegmentation, ViTUperNet, sliding_window_logits
+from datamodules.dense.ade20k import ADE20K, reduce_zero_label
+from lightning_mae.downstream.encoder import ViTEncoder
+from lightning_mae.downstream.segmentation import SemanticSegmentation, ViTUperNet, sliding_window_logits
 
 TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=4, num_heads=4)
 

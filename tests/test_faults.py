@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 
 from datamodules import ImageFolderClassification, ImageNet
-from datamodules.image_files import BadImageError, ImageFiles, image_folder, load_image
-from lightning_mae.guards import AtomicCheckpointIO, NonFiniteLossError, NonFiniteLossGuard, atomic_torch_save
+from datamodules.images import BadImageError, ImageFiles, image_folder, load_image
+from lightning_run import AtomicCheckpointIO, NonFiniteLossError, NonFiniteLossGuard, atomic_torch_save
 from tests.conftest import EXPERIMENTS, LIGHTNING, REPO, run_lightning
 
 DEMO = EXPERIMENTS / "sgmae_fmnist.yaml"
@@ -108,7 +108,7 @@ def test_skip_warns_once_per_bad_file_and_never_decodes_it_again(tmp_path, monke
     root = image_tree(tmp_path, bad={"train/n01/1.JPEG": b"", "train/n02/2.JPEG": b"GIF89a"})
     dataset = image_folder(root / "train", v2.PILToTensor(), on_bad_image="skip")
     decoded = []
-    monkeypatch.setattr("datamodules.image_files.load_image",
+    monkeypatch.setattr("datamodules.images.load_image",
                         lambda path, mode: decoded.append(path) or load_image(path, mode))
     with pytest.warns(UserWarning) as record:
         for _ in range(3):
@@ -195,7 +195,7 @@ def tiny_imagefolder_config(tmp_path: Path, data_dir: Path, **data) -> Path:
     cfg["trainer"]["callbacks"] = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
          "init_args": {"save_last": True, "every_n_train_steps": 1}},
-        {"class_path": "lightning_mae.NonFiniteLossGuard"},
+        {"class_path": "lightning_run.NonFiniteLossGuard"},
     ]
     model = cfg["model"]["init_args"]
     model["backbone"]["init_args"].update(in_chans=3, depth=2, embed_dim=32, num_heads=2)
@@ -326,7 +326,7 @@ import sys
 import lightning.pytorch as pl
 import torch
 sys.path.insert(0, {repo!r})
-from lightning_mae.guards import NonFiniteLossGuard
+from lightning_run.guards import NonFiniteLossGuard
 from tests.test_faults import Regression, regression_data
 
 torch.set_num_threads(1)
@@ -362,7 +362,7 @@ def test_pretraining_and_inr_configs_have_the_guard():
     assert len(GUARDED) >= 4 + 9  # (sg)mae(_fmnist) and the INR configs; test_cli checks that all parse
     for config in GUARDED:
         callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []
-        assert {"class_path": "lightning_mae.NonFiniteLossGuard"} in callbacks, config.name
+        assert {"class_path": "lightning_run.NonFiniteLossGuard"} in callbacks, config.name
 
 
 # --- 4. atomic checkpoints ----------------------------------------------------------------------------------
@@ -416,7 +416,7 @@ KILL_SCRIPT = """
 import io, os, signal, sys
 import torch
 sys.path.insert(0, {repo!r})
-from lightning_mae.guards import atomic_torch_save
+from lightning_run.checkpoint_io import atomic_torch_save
 
 real_save = torch.save
 def save_half_then_die(obj, f):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_mae.cli import cli
+from lightning_run.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"

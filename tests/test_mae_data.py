@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from datamodules import FashionMNIST, ImageNet
-from datamodules.fashion_mnist import DEBIAN_DIR, read_idx
+from datamodules.pretraining.fashion_mnist import DEBIAN_DIR, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mae import MAEPretraining, MaskedAutoencoderViT, MaskPanels, SelfGuidedMasking, mask_panel
 from lightning_mae.optim import warmup_cosine
+from lightning_run import effective_batch_size
 
 
 def tiny_module(start_epoch: int | None = 1, **kw) -> MAEPretraining:
@@ -53,7 +54,7 @@ def test_warmup_cosine():
 def test_lr_scales_with_the_effective_batch(tmp_path):
     module = tiny_module(blr=1e-3)
     trainer(tmp_path, max_epochs=2, accumulate_grad_batches=2, limit_val_batches=0).fit(module, Data(batch_size=8))
-    assert module.effective_batch_size() == 8 * 1 * 2
+    assert effective_batch_size(module.trainer) == 8 * 1 * 2
     optimizer = module.trainer.optimizers[0]
     assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 16 / 256)
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.95)

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules.bench import dataset_images_per_s, workers_needed, write_jpegs
-from datamodules.imagenet import ImageNet
-from lightning_inr.inr import INR
-from lightning_inr.module import SignalFit
+from benchmarks.data_loading import dataset_images_per_s, workers_needed, write_jpegs
+from benchmarks.mae_speed import TrainStep, load_reference
+from datamodules.pretraining.imagenet import ImageNet
+from lightning_inr.baselines import INR
+from lightning_inr.signal_fit import SignalFit
 from lightning_inr.stages import Stage
 from lightning_inr.tasks import ImageTask
-from lightning_mae.bench import TrainStep, load_reference
 from lightning_mae.masking import random_ids_shuffle
 from lightning_mae.optim import param_groups_weight_decay
 from lightning_mae.pretrain import MAEPretraining, adamw

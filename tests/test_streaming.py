@@ -28,10 +28,10 @@ from PIL import Image
 from torch import Tensor, nn
 from torchvision.datasets import ImageFolder
 
-from datamodules.image_files import BadImageError
-from datamodules.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from datamodules.streaming import StreamingImageNet, convert_image_folder, list_image_folder, main
-from lightning_mae.cli import cli
+from datamodules.images import BadImageError
+from datamodules.pretraining.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from datamodules.pretraining.streaming import StreamingImageNet, convert_image_folder, list_image_folder, main
+from lightning_run.cli import cli
 from tests.conftest import EXPERIMENTS, REPO
 
 NUM_CLASSES, PER_CLASS = 3, 8
@@ -215,7 +215,7 @@ def test_resume_with_another_worker_count_sees_each_sample_once(shards):
 def test_bad_arguments_and_missing_shards(tmp_path):
     with pytest.raises(ValueError, match="crop_scale"):
         StreamingImageNet(str(tmp_path), crop_scale=(0.5, 0.2))
-    missing = f"no litdata shards at {re.escape(str(tmp_path))}.*datamodules.streaming convert"
+    missing = f"no litdata shards at {re.escape(str(tmp_path))}.*datamodules.pretraining.streaming convert"
     with pytest.raises(FileNotFoundError, match=missing):
         StreamingImageNet(str(tmp_path)).setup("fit")
     with pytest.raises(ValueError, match="needs val_dir"):
@@ -306,7 +306,7 @@ def test_streaming_config_parses_and_differs_from_sgmae_only_in_data(capsys, mon
         cli(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["data"]["class_path"] == "datamodules.streaming.StreamingImageNet"
+    assert printed["data"]["class_path"] == "datamodules.pretraining.streaming.StreamingImageNet"
     assert printed["data"]["init_args"]["train_dir"].startswith("s3://")
     streaming, folder = (yaml.safe_load((EXPERIMENTS / name).read_text()) for name in (config, "sgmae.yaml"))
     streaming.pop("data"), folder.pop("data")

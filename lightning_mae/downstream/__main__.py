@@ -1,0 +1,3 @@
+from lightning_mae.downstream.runner import main
+
+main()
