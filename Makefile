@@ -83,11 +83,18 @@ shards: install
 	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
 
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
-.PHONY: kodak bench-inr inr-image inr-audio inr-sdf
-KODAK_DIR  ?= ../shared/data/kodak
+.PHONY: data-inr kodak bench-inr inr-image inr-audio inr-sdf
+INR_DATA   ?= data
+KODAK_DIR  ?= $(INR_DATA)/kodak
 KODAK_ARGS ?=
 
-# Fit every Kodak image of $(KODAK_DIR) with every method and write runs/kodak/table.md
+# The configs fit the samples bundled in the package (datamodules/signals/samples: kodim19, gt_bach, bunny).
+# The full sets (Kodak 1-24, the three audio clips, bunny + armadillo) go to $(INR_DATA)/ from their public
+# sources, sha256-checked; files already there are skipped (needs internet; see datamodules/signals/download.py).
+data-inr: install
+	$(PY) -m datamodules.signals.download --out $(INR_DATA)
+
+# Fit every Kodak image of $(KODAK_DIR) (`make data-inr` first) with every method and write runs/kodak/table.md
 # (e.g. `make kodak KODAK_ARGS="--images kodim19.png --methods neural_experts siren --steps 2000"`).
 kodak: install
 	$(PY) -m benchmarks.kodak_table --folder $(KODAK_DIR) --out runs/kodak $(KODAK_ARGS)

@@ -1,13 +1,16 @@
 """Data-pipeline speed against the training step: which one bounds an MAE pretraining run.
 
-Real JPEGs (the Kodak PNGs, or ``skimage.data`` images, re-encoded at ImageNet's typical size, short
+Real JPEGs (the Kodak PNGs of ``--images``, or ``skimage.data`` images, re-encoded at ImageNet's typical size, short
 side 375, quality 90) go through the ``ImageNet`` DataModule's own dataset and training transform
 (decode, RandomResizedCrop 224 bicubic, flip, normalise). Reported: images/s of one worker (the
 dataset read in this process with one torch thread, as a DataLoader worker runs), of the real train
 DataLoader with each ``--workers`` count, and of our ViT-B/16 training step on this machine; then how
 many workers a GPU needs at ``--gpu-tflops`` (images/s = TFLOP/s / the step's measured FLOPs per image).
 
-    python -m benchmarks.data_loading [--images ../shared/data/kodak] [--workers 1 2] [--precision bf16]
+    python -m benchmarks.data_loading [--images data/kodak] [--workers 1 2] [--precision bf16]
+
+``--images`` defaults to ``skimage.data``'s sample photographs (shipped inside scikit-image); ``make data-inr``
+downloads the 24 Kodak images into data/kodak for ``--images data/kodak``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datamodules.images import IMAGE_SUFFIXES
 from datamodules.pretraining.imagenet import ImageNet
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def source_images(folder: str | None) -> Iterator[tuple[str, Image.Image]]:
@@ -111,8 +113,9 @@ def training_step(precision: str, steps: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", default="../shared/data/kodak",
-                        help="folder of source images ('' = skimage.data's sample photographs)")
+    parser.add_argument("--images", default="",
+                        help="folder of source images, e.g. data/kodak after `make data-inr` "
+                             "(default '': skimage.data's sample photographs)")
     parser.add_argument("--short-side", type=int, default=375, help="resize before JPEG encoding (0: keep)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per pipeline figure")
     parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="DataLoader worker counts to time")
@@ -124,9 +127,17 @@ def main(argv: list[str] | None = None) -> dict:
                              "its 989 dense bf16 TFLOP/s)")
     parser.add_argument("--out", default="runs/bench/data_pipeline.json")
     args = parser.parse_args(argv)
-    images = args.images if args.images and Path(args.images).is_dir() else None
-    if args.images and images is None:
-        print(f"--images {args.images}: not a folder; using skimage.data's sample photographs")
+    images = None
+    if args.images:
+        from datamodules.signals.base import resolve_path  # data/kodak, or samples/kodak (bundled)
+
+        try:
+            images = str(resolve_path(args.images, "--images"))
+        except FileNotFoundError as err:
+            print(f"{err} Using skimage.data's sample photographs.")
+        if images is not None and not Path(images).is_dir():
+            print(f"--images {args.images}: not a folder; using skimage.data's sample photographs")
+            images = None
 
     step = training_step(args.precision, args.steps) if args.steps else None  # before any worker exists
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,9 @@
 """Fit a list of Kodak images with several methods and write a PSNR/SSIM table like the paper's.
 
-    python -m benchmarks.kodak_table --folder ../shared/data/kodak --steps 30000 --out runs/kodak
+    make data-inr   # the 24 Kodak images into data/kodak (once)
+    python -m benchmarks.kodak_table --folder data/kodak --steps 30000 --out runs/kodak
+
+``--folder samples/kodak`` is the one Kodak image bundled in the package (kodim19), for a quick try.
 
 Every (image, method) is one ``lightning fit`` of ``experiments/inr_image*.yaml`` in a subprocess,
 with a CSV logger under ``<out>/<method>/<image>``. Neural Experts first pretrains its manager once
@@ -110,8 +113,11 @@ def write_table(results: dict, methods: list[str], path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folder", default="../shared/data/kodak", help="folder of Kodak images")
-    parser.add_argument("--images", nargs="*", default=None, help="file names (default: every PNG of the folder)")
+    parser.add_argument("--folder", default="data/kodak",
+                        help="folder of Kodak images (`make data-inr` fills data/kodak; samples/kodak: the bundled "
+                             "kodim19)")
+    parser.add_argument("--images", nargs="*", default=None,
+                        help="file names in the folder (default: every PNG the folder holds)")
     parser.add_argument("--methods", nargs="*", default=list(METHOD_CONFIGS), choices=list(METHOD_CONFIGS))
     parser.add_argument("--steps", type=int, default=30000, help="training steps per fit")
     parser.add_argument("--pretrain-steps", type=int, default=3000, help="manager pretraining steps (once)")
@@ -120,12 +126,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/kodak", help="output folder")
     args = parser.parse_args(argv)
 
-    folder = Path(args.folder)
+    from datamodules.signals.base import resolve_path
+
+    try:
+        folder = resolve_path(args.folder, "--folder")
+    except FileNotFoundError as err:
+        parser.error(str(err))
     if not folder.is_dir():
-        parser.error(f"--folder {folder} is not a folder")
+        parser.error(f"--folder {args.folder} ({folder}) is not a folder")
     images = args.images or sorted(p.name for p in folder.glob("*.png"))
     if not images:
-        parser.error(f"--folder {folder} holds no PNG images")
+        parser.error(f"--folder {args.folder} ({folder}) holds no PNG images; `make data-inr` downloads Kodak there")
+    missing = [name for name in images if not (folder / name).is_file()]
+    if missing:
+        parser.error(f"--images {' '.join(missing)}: not in {folder} (it holds "
+                     f"{', '.join(sorted(p.name for p in folder.glob('*.png'))) or 'no PNG'}); `make data-inr` "
+                     f"downloads all 24 into data/kodak")
     os.environ.setdefault("WANDB_MODE", "offline")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

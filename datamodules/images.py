@@ -9,12 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 OnBadImage = Literal["raise", "skip"]
+
+# Endings (lower case) of the image files that the folder readers take: an INR's image, an analysis's or a
+# benchmark's images. (ImageFolder layouts keep torchvision's ``IMG_EXTENSIONS``.)
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 
 class BadImageError(OSError):
@@ -33,12 +38,52 @@ def _strict_truncation() -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
+# Pillow's one-channel modes deeper than 8 bits: 16-bit greyscale PNG/TIFF ("I;16*"), 32-bit integer ("I"),
+# float ("F"). ``convert("L"/"RGB")`` clips them at 255 instead of scaling them: a 16-bit image comes out white.
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def grey_levels(img: Image.Image, source: str | Path) -> np.ndarray:
+    """A high-bit-depth greyscale image (mode in ``HIGH_DEPTH_MODES``) as float64 levels in [0, 1], full precision.
+
+    Integer modes are 16-bit data: ``v / 65535`` (mode ``"I"`` too, as Pillow opened 16-bit PNGs before
+    version 10; values outside [0, 65535] raise). Float images (``"F"``) must already lie in [0, 1].
+    ``source`` names the file in the ``ValueError``.
+    """
+    levels = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        low, high, scale = 0.0, 1.0, 1.0
+    else:
+        low, high, scale = 0.0, 65535.0, 65535.0
+    if levels.size and not (np.isfinite(levels).all() and low <= levels.min() and levels.max() <= high):
+        raise ValueError(
+            f"image {source} (Pillow mode {img.mode}) has values in [{levels.min():g}, {levels.max():g}], outside "
+            f"the [{low:g}, {high:g}] this loader reads for that mode; save it as an 8- or 16-bit PNG"
+        )
+    return levels / scale
+
+
+def to_8bit(img: Image.Image, source: str | Path) -> Image.Image:
+    """``img`` itself, or for a high-bit-depth greyscale image its mode-``"L"`` version, ``round(v / 257)``."""
+    if img.mode not in HIGH_DEPTH_MODES:
+        return img
+    return Image.fromarray(np.rint(grey_levels(img, source) * 255).astype(np.uint8))
+
+
 def load_image(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """Open and fully decode an image (Pillow decodes lazily); a bad file raises ``BadImageError`` naming it."""
+    """Open and fully decode an image (Pillow decodes lazily) in 8-bit ``mode``; a bad file raises
+    ``BadImageError`` naming it.
+
+    Bit depth: 8-bit images are passed on as Pillow decodes them. 16-bit greyscale images are scaled to
+    8 bits (``round(v / 257)``, see ``to_8bit``). 16-bit colour PNGs reach Pillow as 8-bit RGB(A) (it keeps
+    the high byte), so they come out in range too. Alpha is dropped: an RGBA/LA/PA image gives its
+    colours as stored, not composited on any background (torchvision's ImageFolder loader does the same);
+    palette (``"P"``) images give their palette colours.
+    """
     try:
         with _strict_truncation(), Image.open(path) as img:
             img.load()
-            return img.convert(mode)
+            return to_8bit(img, path).convert(mode)
     except Exception as err:  # whatever a decoder raises on this one file makes the file unusable
         raise BadImageError(f"cannot read image {path}: {err}") from err
 

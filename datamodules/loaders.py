@@ -82,13 +82,27 @@ class SeededDataset(Dataset):
                 random.setstate(state)
 
 
+def check_train_subset(train_subset: int | None, batch_size: int) -> None:
+    """A ``train_subset`` of fewer images than one batch trains 0 steps (the loaders drop the last partial batch)."""
+    if train_subset is not None and train_subset < batch_size:
+        raise ValueError(
+            f"train_subset={train_subset} is smaller than batch_size={batch_size}: the training loader drops "
+            f"the incomplete last batch, so training would run 0 steps; set train_subset >= {batch_size} "
+            "or lower batch_size"
+        )
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, num_workers: int, shuffle: bool, drop_last: bool, seed: int | None = None,
 ) -> DataLoader:
     """A training loader (``shuffle=True``: seeded, resumable) or an evaluation loader (in order).
 
     Workers stay alive across epochs (no re-fork per epoch); pinned memory only helps a GPU copy.
+    A ``batch_size`` below 1, or a training loader that would yield no batch (``drop_last`` with fewer
+    samples per process than ``batch_size``), raises a ``ValueError`` naming both numbers.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     common = dict(
         batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
         persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
@@ -96,4 +110,14 @@ def make_loader(
     if not shuffle:
         return DataLoader(dataset, shuffle=False, **common)
     sampler = SeededSampler(dataset, shuffle=True, seed=run_seed() if seed is None else seed, drop_last=drop_last)
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("the training set is empty (0 samples): training would run 0 steps; check the data "
+                         "options (data_dir, train_subset)")
+    if drop_last and len(sampler) < batch_size:
+        per_process = f" ({len(sampler)} per process over {sampler.num_replicas})" if sampler.num_replicas > 1 else ""
+        raise ValueError(
+            f"the training set has {n} samples{per_process}, fewer than batch_size={batch_size}: the loader drops "
+            "the incomplete last batch, so training would run 0 steps; lower batch_size or use more data"
+        )
     return StatefulDataLoader(SeededDataset(dataset), sampler=sampler, **common)

@@ -12,13 +12,17 @@ from torch import nn
 
 from lightning_inr.activations import ActivationName
 from lightning_inr.encodings import CoordinateEncoder
-from lightning_inr.field import FieldOutput
+from lightning_inr.field import FieldOutput, ParameterGroup
 from lightning_inr.initializers import InitName
 from lightning_inr.mlp import MLP
 
 
 class INR(nn.Module):
-    """One coordinate MLP; reports itself as a single expert so one loss serves every model.
+    """One coordinate MLP, a :class:`~lightning_inr.field.CoordinateNetwork` without a manager.
+
+    Its output is a mixture's with K = 1 (``expert_preds`` is ``pred`` with a leading axis of 1, ``q``
+    ones, ``logits`` ``None``), so one q-weighted loss serves every model; it has no manager to
+    pretrain, save or freeze (``manager_modules()`` is empty, ``manager_logits`` ``None``).
 
     Args:
         in_dim, out_dim: coordinate and signal dimensions.
@@ -64,11 +68,19 @@ class INR(nn.Module):
             selected=torch.zeros(n, dtype=torch.long, device=pred.device),
         )
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by role, for training stages (a plain INR has no manager)."""
+    def parameter_groups(self) -> dict[ParameterGroup, list[nn.Parameter]]:
+        """Parameters by role, for training stages: the encoder, then the head as the one expert."""
         return {
             "expert_encoder": list(self.encoder.parameters()),
             "experts": list(self.head.parameters()),
             "manager_encoder": [],
             "manager": [],
         }
+
+    def manager_modules(self) -> dict[str, nn.Module]:
+        """None: a plain INR has no manager."""
+        return {}
+
+    def manager_logits(self, coords: torch.Tensor) -> None:
+        """None: a plain INR has no manager (its ``FieldOutput.logits`` are ``None`` too)."""
+        return None

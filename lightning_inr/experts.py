@@ -21,7 +21,7 @@ from torch import nn
 
 from lightning_inr.activations import ActivationName
 from lightning_inr.encodings import CoordinateEncoder
-from lightning_inr.field import FieldOutput
+from lightning_inr.field import FieldOutput, ParameterGroup
 from lightning_inr.initializers import InitName
 from lightning_inr.mlp import MLP
 
@@ -48,7 +48,8 @@ def condition(manager_feats: torch.Tensor, expert_feats: torch.Tensor, mode: Con
 
 
 class NeuralExperts(nn.Module):
-    """Mixture-of-experts INR. Defaults reproduce the official image config (365,968 parameters).
+    """Mixture-of-experts INR, a :class:`~lightning_inr.field.CoordinateNetwork` with a manager.
+    Defaults reproduce the official image config (365,968 parameters).
 
     Args:
         in_dim, out_dim: coordinate and signal dimensions.
@@ -131,7 +132,7 @@ class NeuralExperts(nn.Module):
         pred = expert_preds.gather(0, index).squeeze(0)
         return FieldOutput(pred, expert_preds, logits, logits.softmax(dim=-1), selected)
 
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+    def parameter_groups(self) -> dict[ParameterGroup, list[nn.Parameter]]:
         """Parameters by role, for training stages."""
         return {
             "expert_encoder": list(self.expert_encoder.parameters()),
@@ -139,3 +140,7 @@ class NeuralExperts(nn.Module):
             "manager_encoder": list(self.manager_encoder.parameters()),
             "manager": list(self.manager.parameters()),
         }
+
+    def manager_modules(self) -> dict[str, nn.Module]:
+        """What a pretrained manager is: the manager, its encoder and the expert encoder it is conditioned on."""
+        return {"expert_encoder": self.expert_encoder, "manager_encoder": self.manager_encoder, "manager": self.manager}

@@ -8,10 +8,9 @@ from K to 1 evaluation per point, and the output is the dense one (same routing,
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lightning_inr.experts import NeuralExperts
-from lightning_inr.field import FieldOutput
+from lightning_inr.field import CoordinateNetwork, FieldOutput
 
 
 def sparse_forward(network: NeuralExperts, coords: torch.Tensor) -> FieldOutput:
@@ -31,7 +30,9 @@ def sparse_forward(network: NeuralExperts, coords: torch.Tensor) -> FieldOutput:
 
 
 @torch.no_grad()
-def render(network: nn.Module, coords: torch.Tensor, chunk_size: int = 65536, sparse: bool = True) -> FieldOutput:
+def render(
+    network: CoordinateNetwork, coords: torch.Tensor, chunk_size: int = 65536, sparse: bool = True
+) -> FieldOutput:
     """The network on ``coords`` (N, d), ``chunk_size`` points at a time (``expert_preds`` dropped).
 
     ``sparse`` uses :func:`sparse_forward` for a :class:`NeuralExperts`; other networks run densely.

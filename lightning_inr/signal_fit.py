@@ -1,8 +1,8 @@
 """``SignalFit``: the LightningModule that fits one signal (image, audio, SDF) with any INR.
 
-It only orchestrates: the network (:class:`NeuralExperts` or :class:`INR`), the task (loss,
-metrics, outputs) and the stages (data) are plain objects given as typed arguments, so
-``lightning fit --print_config`` shows every knob.
+It only orchestrates: the network (any :class:`~lightning_inr.field.CoordinateNetwork`:
+:class:`NeuralExperts` or :class:`INR`), the task (loss, metrics, outputs) and the stages (data) are
+plain objects given as typed arguments, so ``lightning fit --print_config`` shows every knob.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
 
 from lightning_inr.artifacts import log_files_to_wandb
+from lightning_inr.field import CoordinateNetwork, check_network
 from lightning_inr.label_maps import LabelMapKind, make_label_map
 from lightning_inr.losses import manager_pretraining_loss
 from lightning_inr.stages import (
@@ -24,6 +24,7 @@ from lightning_inr.stages import (
     reset_optimizer_state,
     set_trainable,
     stage_index,
+    trainable_parameters,
     validate_stages,
 )
 from lightning_inr.tasks import Task
@@ -31,14 +32,14 @@ from lightning_run import compile_once, run_dir
 
 log = logging.getLogger(__name__)
 
-MANAGER_MODULES = ("expert_encoder", "manager_encoder", "manager")
-
 
 class SignalFit(pl.LightningModule):
     """Fit a signal with an INR, stage by stage.
 
     Args:
-        network: the coordinate network (``lightning_inr.NeuralExperts`` or ``lightning_inr.INR``).
+        network: the coordinate network (``lightning_inr.NeuralExperts`` or ``lightning_inr.INR``): any
+            ``nn.Module`` satisfying :class:`~lightning_inr.field.CoordinateNetwork` (else a ``TypeError``
+            naming what it lacks). Without a manager, no stage may pretrain one.
         task: ``lightning_inr.ImageTask`` / ``AudioTask`` / ``SDFTask``.
         stages: the training stages (default: manager pretraining 10 %, all 80 %, experts 100 %).
         lr, betas: Adam (official: 1e-5 images/audio, 3e-5 SDF; betas 0.9, 0.999).
@@ -49,9 +50,10 @@ class SignalFit(pl.LightningModule):
         label_seed: seed of the random label map.
         pretrain_label_smoothing, pretrain_uniform_weight, pretrain_weight: the manager loss
             (``weight``·(CE with smoothing + ``uniform_weight``·BCE towards 1/K); official 1000, 0.01, 0.1).
-        manager_checkpoint: file of a pretrained manager. If it exists, it is loaded (manager,
-            manager encoder and expert encoder) and the manager stages are skipped; if not, the
-            manager stages run and their result is saved there for later runs.
+        manager_checkpoint: file of a pretrained manager. If it exists, it is loaded (the network's
+            ``manager_modules()``: for Neural Experts the manager, manager encoder and expert encoder)
+            and the manager stages are skipped; if not, the manager stages run and their result is
+            saved there for later runs.
         write_outputs: write the reconstruction and expert map at the end of fit.
         compile: ``torch.compile`` the network's forward (in place: state-dict keys unchanged); the
             first steps, and each stage switch (trainable set changes), pay a compilation.
@@ -59,7 +61,7 @@ class SignalFit(pl.LightningModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: CoordinateNetwork,
         task: Task,
         stages: list[Stage] | None = None,
         lr: float = 1e-5,
@@ -77,17 +79,21 @@ class SignalFit(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["network", "task"])
-        self.network = network
+        self.network = check_network(network, "SignalFit.network")
         self.task = task
         stages = list(stages) if stages is not None else default_stages()
         validate_stages(stages)
-        has_manager = hasattr(network, "manager_logits")
+        has_manager = bool(network.manager_modules())
         if not has_manager and any(s.objective == "manager" for s in stages):
             raise ValueError(
                 "stages: a 'manager' objective needs a network with a manager (NeuralExperts); "
                 f"{type(network).__name__} has none"
             )
+        for s in stages:
+            if not trainable_parameters(network, s.train):
+                raise ValueError(f"stage {s.name!r}: train={s.train!r} trains no parameter of {type(network).__name__}")
         self.stages = stages
+        self._has_manager = has_manager
         self.lr, self.betas, self.lr_gamma = lr, tuple(betas), lr_gamma
         self.label_map_kind = label_map
         self.manager_checkpoint = Path(manager_checkpoint) if manager_checkpoint else None
@@ -134,7 +140,7 @@ class SignalFit(pl.LightningModule):
         if path is None or path.exists() or self.global_rank != 0 or self.trainer.fast_dev_run:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: getattr(self.network, name).state_dict() for name in MANAGER_MODULES}
+        state = {name: module.state_dict() for name, module in self.network.manager_modules().items()}
         state["meta"] = {"label_map": self.label_map_kind, "n_experts": self.network.n_experts}
         torch.save(state, path)
         log.info("saved the pretrained manager to %s", path)
@@ -145,7 +151,8 @@ class SignalFit(pl.LightningModule):
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # corrupt or foreign file
             raise ValueError(f"manager_checkpoint {path}: cannot be read as a pretrained manager ({err})") from err
-        missing = [name for name in MANAGER_MODULES if name not in state]
+        modules = self.network.manager_modules()
+        missing = [name for name in modules if name not in state]
         if missing:
             raise ValueError(f"manager_checkpoint {path}: not a pretrained manager (missing {missing})")
         meta = state.get("meta", {})
@@ -154,9 +161,9 @@ class SignalFit(pl.LightningModule):
                 f"manager_checkpoint {path}: pretrained on label_map={meta['label_map']!r}, "
                 f"this run asks for {self.label_map_kind!r}"
             )
-        for name in MANAGER_MODULES:
+        for name, module in modules.items():
             try:
-                getattr(self.network, name).load_state_dict(state[name])
+                module.load_state_dict(state[name])
             except RuntimeError as err:
                 raise ValueError(f"manager_checkpoint {path}: does not fit this network's {name}: {err}") from err
         log.info("loaded the pretrained manager from %s", path)
@@ -172,8 +179,7 @@ class SignalFit(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        has_manager = hasattr(self.network, "manager_logits")
-        if has_manager and self.manager_checkpoint is not None and self.manager_checkpoint.exists():
+        if self._has_manager and self.manager_checkpoint is not None and self.manager_checkpoint.exists():
             self._load_pretrained_manager()
             self._skip_manager = True
         if not self._skip_manager and any(s.objective == "manager" for s in self.stages):

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
+
+from lightning_inr.field import PARAMETER_GROUPS, CoordinateNetwork, ParameterGroup
 
 Trainable = Literal["all", "experts", "manager"]
 Objective = Literal["manager", "reconstruction"]
 
-# Which parameter groups (see ``parameter_groups()`` of the networks) each choice trains.
-TRAINABLE_GROUPS: dict[str, tuple[str, ...]] = {
-    "all": ("expert_encoder", "experts", "manager_encoder", "manager"),
+# Which parameter groups (see ``CoordinateNetwork.parameter_groups``) each choice trains.
+TRAINABLE_GROUPS: dict[str, tuple[ParameterGroup, ...]] = {
+    "all": PARAMETER_GROUPS,
     "experts": ("experts",),
     "manager": ("manager_encoder", "manager"),
 }
@@ -76,10 +77,15 @@ def stage_index(stages: list[Stage], step: int, total_steps: int) -> int:
     return len(stages) - 1
 
 
-def set_trainable(network: nn.Module, train: Trainable) -> None:
-    """Make exactly the parameters of ``train`` require gradients; freeze the rest."""
+def trainable_parameters(network: CoordinateNetwork, train: Trainable) -> list[torch.nn.Parameter]:
+    """The parameters of ``network`` that a stage with ``train`` trains (none, for ``manager`` without one)."""
     groups = network.parameter_groups()
-    wanted = {id(p) for g in TRAINABLE_GROUPS[train] for p in groups[g]}
+    return [p for g in TRAINABLE_GROUPS[train] for p in groups[g]]
+
+
+def set_trainable(network: CoordinateNetwork, train: Trainable) -> None:
+    """Make exactly the parameters of ``train`` require gradients; freeze the rest."""
+    wanted = {id(p) for p in trainable_parameters(network, train)}
     for p in network.parameters():
         p.requires_grad_(id(p) in wanted)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from lightning_inr import metrics
 from lightning_inr.artifacts import (
@@ -21,6 +20,7 @@ from lightning_inr.artifacts import (
     save_wav,
     save_waveform_by_expert,
 )
+from lightning_inr.field import CoordinateNetwork
 from lightning_inr.inference import render
 from lightning_inr.losses import q_weighted_mse, q_weighted_sdf_loss, q_weighted_surface_loss
 
@@ -32,17 +32,19 @@ def expert_usage(selected: torch.Tensor, n_experts: int) -> dict[str, float]:
 
 
 class Task:
-    """Interface of a task (see the concrete classes)."""
+    """Interface of a task (see the concrete classes). The network is any
+    :class:`~lightning_inr.field.CoordinateNetwork`: a task calls it, reads its ``n_experts`` and the
+    device of its ``parameters()``."""
 
     chunk_size: int = 65536
 
-    def training_loss(self, network: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, network: CoordinateNetwork, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
-    def evaluate(self, network: nn.Module, data, final: bool = False) -> dict[str, float]:
+    def evaluate(self, network: CoordinateNetwork, data, final: bool = False) -> dict[str, float]:
         raise NotImplementedError
 
-    def write_outputs(self, network: nn.Module, data, directory: Path) -> dict[str, Path]:
+    def write_outputs(self, network: CoordinateNetwork, data, directory: Path) -> dict[str, Path]:
         raise NotImplementedError
 
 

@@ -2,7 +2,8 @@
 
 Read top to bottom: patchify -> encoder over the visible tokens -> decoder over all tokens -> loss on
 the masked patches. Which patches are visible is decided outside, by a permutation ``ids_shuffle``
-(visible first, see ``masking.py``): that is the only seam a masking strategy needs.
+(visible first, see ``masking.py``): that is the only seam a masking strategy needs. The encoder's
+layers come from ``vit_stem``, from which the downstream ``ViTEncoder`` is built too.
 """
 
 from __future__ import annotations
@@ -62,6 +63,52 @@ class Attention(TimmAttention):
         return self.proj_drop(self.proj(self.norm(x)))
 
 
+_layer_norm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def vit_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float, drop_path_rate: float = 0.0,
+               attn_layer: type[nn.Module] = Attention) -> nn.ModuleList:
+    """``depth`` pre-norm transformer blocks; stochastic depth rises linearly over them up to ``drop_path_rate``."""
+    rates = torch.linspace(0, drop_path_rate, depth).tolist()
+    return nn.ModuleList(
+        Block(dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=_layer_norm, attn_layer=attn_layer)
+        for rate in rates
+    )
+
+
+class ViTStem(NamedTuple):
+    """The encoder half of a ViT: what the MAE and the downstream ``ViTEncoder`` store under these names."""
+
+    patch_embed: PatchEmbed
+    cls_token: nn.Parameter
+    pos_embed: Tensor  # [1, 1 + N, D] 2-D sin-cos, cls position first (MAE: a fixed buffer; ViTEncoder: trained)
+    blocks: nn.ModuleList
+    norm: nn.LayerNorm
+
+
+def vit_stem(img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int, num_heads: int,
+             mlp_ratio: float, drop_path_rate: float = 0.0, strict_img_size: bool = True,
+             attn_layer: type[nn.Module] = Attention) -> ViTStem:
+    """The encoder's layers, freshly built (``init_mae_weights`` initialises them with the rest of a model)."""
+    if img_size % patch_size:
+        raise ValueError(f"patch_size={patch_size} does not divide img_size={img_size}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+    return ViTStem(
+        PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=strict_img_size),
+        nn.Parameter(torch.zeros(1, 1, embed_dim)),
+        sincos_pos_embed(embed_dim, img_size // patch_size)[None],
+        vit_blocks(embed_dim, depth, num_heads, mlp_ratio, drop_path_rate, attn_layer),
+        _layer_norm(embed_dim),
+    )
+
+
+def prepend_cls(x: Tensor, cls_token: Tensor, pos_embed: Tensor) -> Tensor:
+    """``[B, N, D]`` patch tokens -> ``[B, 1 + N, D]``, the cls token (plus its position ``pos_embed[:, :1]``) first."""
+    cls = (cls_token + pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+    return torch.cat([cls, x], dim=1)
+
+
 class MAEOutput(NamedTuple):
     loss: Tensor  # mean squared error over the masked patches
     pred: Tensor  # [B, N, p*p*C] predicted pixels (normalised per patch if norm_pix_loss)
@@ -87,11 +134,6 @@ class MaskedAutoencoderViT(nn.Module):
         norm_pix_loss: bool = True,
     ) -> None:
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"patch_size={patch_size} does not divide img_size={img_size}")
-        for name, dim, heads in (("", embed_dim, num_heads), ("decoder_", decoder_embed_dim, decoder_num_heads)):
-            if dim % heads:
-                raise ValueError(f"{name}embed_dim={dim} is not divisible by {name}num_heads={heads}")
         # Constructor arguments, stored in checkpoints so an encoder can be rebuilt from one file.
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
@@ -104,22 +146,19 @@ class MaskedAutoencoderViT(nn.Module):
         grid = img_size // patch_size
         self.num_patches = grid * grid
 
-        def blocks(dim: int, n: int, heads: int) -> nn.ModuleList:
-            return nn.ModuleList(
-                Block(dim, heads, mlp_ratio, qkv_bias=True, norm_layer=_layer_norm, attn_layer=Attention)
-                for _ in range(n)
+        self.patch_embed, self.cls_token, pos_embed, self.blocks, self.norm = vit_stem(
+            img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio
+        )
+        self.register_buffer("pos_embed", pos_embed)
+
+        if decoder_embed_dim % decoder_num_heads:
+            raise ValueError(
+                f"decoder_embed_dim={decoder_embed_dim} is not divisible by decoder_num_heads={decoder_num_heads}"
             )
-
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed(embed_dim, grid)[None])
-        self.blocks = blocks(embed_dim, depth, num_heads)
-        self.norm = _layer_norm(embed_dim)
-
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.register_buffer("decoder_pos_embed", sincos_pos_embed(decoder_embed_dim, grid)[None])
-        self.decoder_blocks = blocks(decoder_embed_dim, decoder_depth, decoder_num_heads)
+        self.decoder_blocks = vit_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio)
         self.decoder_norm = _layer_norm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
         init_mae_weights(self)
@@ -147,16 +186,12 @@ class MaskedAutoencoderViT(nn.Module):
             )
         return self.patch_embed(imgs) + self.pos_embed[:, 1:]
 
-    def _with_cls(self, x: Tensor) -> Tensor:
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1)
-
     def encoder_input(self, imgs: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """Tokens entering the first encoder block: cls + all patches, or only ``ids_keep`` ``[B, k]``."""
         x = self._embed(imgs)
         if ids_keep is not None:
             x = torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-        return self._with_cls(x)
+        return prepend_cls(x, self.cls_token, self.pos_embed)
 
     def forward_encoder(self, imgs: Tensor, ids_shuffle: Tensor, len_keep: int) -> tuple[Tensor, Tensor]:
         """Encode the first ``len_keep`` patches of ``ids_shuffle``. Returns (latent, mask)."""
@@ -224,9 +259,6 @@ class MaskedAutoencoderViT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "mask_token"}
-
-
-_layer_norm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def init_mae_weights(model: nn.Module) -> None:

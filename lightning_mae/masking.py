@@ -241,7 +241,8 @@ class SelfGuidedMasking(nn.Module):
     def layer(self, depth: int) -> int:
         layer = depth // 2 if self.source_layer is None else self.source_layer
         if layer > depth:
-            raise ValueError(f"source_layer={layer} exceeds the encoder depth {depth}")
+            raise ValueError(f"source_layer={layer} exceeds the encoder depth {depth}: use 0 to {depth} (0 = the "
+                             f"patch embedding) or null (the middle block, {depth // 2})")
         return layer
 
     def is_informed(self, epoch: int) -> bool:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from functools import partial
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -37,6 +38,28 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.op
     ~10 % of a ViT-B/16 bf16 step; ``python -m benchmarks.mae_speed --reference`` measures it)."""
     fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def check_visible_patches(masking: SelfGuidedMasking, num_patches: int) -> None:
+    """Raise unless ``masking.mask_ratio`` leaves at least one visible and one masked patch of ``num_patches``
+    (counted as the masking counts them: ``len_keep = int(num_patches * (1 - mask_ratio))``)."""
+    ratio, keep = masking.mask_ratio, masking.len_keep(num_patches)
+    if num_patches < 2:
+        raise ValueError(f"the image has {num_patches} patch(es): masking needs at least 2 (one visible, one "
+                         "masked); use a smaller patch_size or a larger img_size")
+    if keep < 1:
+        steps = math.floor((1 - 1 / num_patches) * 10_000)  # the largest valid ratio, to 4 decimals (rounded down)
+        while int(num_patches * (1 - steps / 10_000)) < 1:
+            steps -= 1
+        largest = f"{steps / 10_000:g}"
+        raise ValueError(
+            f"mask_ratio={ratio} leaves {keep} of the {num_patches} patches visible (int({num_patches} x "
+            f"(1 - {ratio})) = {keep}), and the encoder needs at least one: use mask_ratio <= {largest} (the "
+            f"largest valid ratio for {num_patches} patches) or a smaller patch_size"
+        )
+    if keep >= num_patches:
+        raise ValueError(f"mask_ratio={ratio} masks none of the {num_patches} patches (nothing to reconstruct); "
+                         "use a larger mask_ratio")
 
 
 class MAEPretraining(pl.LightningModule):
@@ -89,6 +112,7 @@ class MAEPretraining(pl.LightningModule):
         self.backbone = backbone if backbone is not None else MaskedAutoencoderViT()
         self.masking = masking if masking is not None else SelfGuidedMasking()
         self.masking.layer(self.backbone.depth)  # fail now, not at start_epoch, on a bad source_layer
+        check_visible_patches(self.masking, self.backbone.num_patches)
         if probe_features not in ("visible", "full"):
             raise ValueError(f"probe_features must be 'visible' or 'full', got {probe_features!r}")
         self.probe = LinearProbe(self.backbone.cls_token.shape[-1], num_classes) if num_classes else None
@@ -138,6 +162,25 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/probe_loss", probe_loss, on_epoch=True)
             self.log("train/probe_acc", (logits.argmax(-1) == labels).float().mean(), on_epoch=True)
         return loss
+
+    def on_fit_start(self) -> None:
+        # A schedule whose informed phase lies past the last epoch is plain MAE: say so, once (rank 0).
+        masking, max_epochs = self.masking, self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 0:  # -1: no epoch limit
+            return
+        if masking.auto and masking.switch_epoch is None and masking.auto_min_epoch >= max_epochs:
+            rank_zero_warn(
+                f"masking.start_epoch='auto' with auto_min_epoch={masking.auto_min_epoch} >= trainer.max_epochs="
+                f"{max_epochs}: informed masking will never start, so this run is plain MAE (random masks only); "
+                f"lower auto_min_epoch below {max_epochs} or raise trainer.max_epochs"
+            )
+        elif not masking.auto and masking.informed_from is not None and masking.informed_from >= max_epochs:
+            rank_zero_warn(
+                f"masking.start_epoch={masking.informed_from} >= trainer.max_epochs={max_epochs}: informed masking "
+                f"will never start, so this run is plain MAE (random masks only); set start_epoch below "
+                f"{max_epochs} (--model.init_args.masking.init_args.start_epoch) or raise trainer.max_epochs, or "
+                "set start_epoch: null to train plain MAE on purpose"
+            )
 
     def on_train_start(self) -> None:
         # configure_optimizers reads trainer.estimated_stepping_batches, which sets up the train loader

@@ -8,6 +8,7 @@ the target path, and a crash during the copy leaves a truncated checkpoint where
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
     A reader sees the old file or the new one, never a partial one, even after a crash (``os.replace``
     is atomic within a filesystem). An error while writing removes the temporary file; a killed process
-    leaves it behind as ``.<name>.<random>.tmp``.
+    leaves it behind as ``.<name>.<random>.tmp``. A full disk raises ``OSError(ENOSPC)`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,8 +38,11 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        disk_full = _disk_full_error(err, path)
+        if disk_full is not None:
+            raise disk_full from err
         raise
     # Make the rename itself durable; some filesystems cannot fsync a directory, and lose nothing by it.
     with contextlib.suppress(OSError):
@@ -47,6 +51,28 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+# What torch.save's zip writer raises when a write comes short (the disk filled up mid-file).
+_TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed writing")
+
+
+def _disk_full_error(err: BaseException, path: Path) -> OSError | None:
+    """An ``OSError(ENOSPC)`` naming ``path`` for a write that failed for lack of space, else ``None``.
+
+    ``torch.save`` reports a short write as ``RuntimeError: [enforce fail at inline_container.cc:...] .
+    unexpected pos ...``, without the cause or the file; a short write of a regular file means the disk (or
+    the quota) is full.
+    """
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        detail = ""
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILURES):
+        detail = f" (torch.save: {str(err).strip().splitlines()[0]})"
+    else:
+        return None
+    code = err.errno if isinstance(err, OSError) and err.errno else errno.ENOSPC
+    return OSError(code, f"No space left on device: checkpoint {path} could not be written{detail}; "
+                         f"the previous file at that path is untouched")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -8,8 +8,10 @@ Two rules on top of jsonargparse's ``--config``:
   any directory and in a non-editable install.
 - **Overlays.** A config may start with ``_base_: other.yaml`` (a path relative to the file, or a list of
   them); it is read as ``--config other.yaml --config <this file without _base_>``, so an overlay holds only
-  what differs. jsonargparse merges the files in order; lists (callbacks, stages) are replaced, not merged,
-  and a ``class_path`` that changes starts that object's ``init_args`` afresh.
+  what differs. jsonargparse merges the files in order: dicts key by key; lists (callbacks, stages) are
+  replaced, not merged; an overlay giving only ``init_args`` merges into the base's object; and a
+  ``class_path`` that changes keeps the base's ``init_args`` that the new class also accepts and silently
+  drops the others (so an overlay that switches class restates whatever it must not inherit).
 """
 
 from __future__ import annotations
@@ -51,12 +53,23 @@ def _read(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"config {path}: not valid YAML: {err}") from err
+        raise ValueError(f"config {path}: not valid YAML{_yaml_where(err)}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config {path}: not a text (YAML) file: {err}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config {path}: expected a mapping of options at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    """`` at line L, column C: <problem>`` of a YAML error, on one line."""
+    mark = getattr(err, "problem_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {problem}" + (f" ({context})" if context else "")
 
 
 def expand_config(path: Path, _seen: tuple[Path, ...] = ()) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SAMPLES = REPO / "datamodules" / "signals" / "samples"  # the signals bundled in the package
 EXPERIMENTS = REPO / "experiments"
 LIGHTNING = Path(sys.executable).with_name("lightning")  # the project's console script
 

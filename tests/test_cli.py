@@ -25,44 +25,67 @@ def test_configs_exist():
     assert {"sgmae.yaml", "mae.yaml", "sgmae_fmnist.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_print_config_parses(config: Path, capsys, monkeypatch):
-    monkeypatch.chdir(EXPERIMENTS.parent)
+def printed_config(config: Path, capsys) -> dict:
+    """``config`` as the run sees it (its ``_base_`` chain merged, every default filled in): ``--print_config``."""
     with pytest.raises(SystemExit) as exit_info:
         cli(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
-    printed = yaml.safe_load(capsys.readouterr().out)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_print_config_parses(config: Path, capsys, monkeypatch):
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    printed = printed_config(config, capsys)
     assert printed["model"]["class_path"] and printed["data"]["class_path"]
     assert printed["trainer"]["max_epochs"] or printed["trainer"]["max_steps"]
     assert {"class_path": "lightning_run.checkpoint_io.AtomicCheckpointIO"} in printed["trainer"]["plugins"]
 
 
-def test_fmnist_configs_differ_only_in_masking():
+def without_run_dir(config: dict) -> dict:
+    config["trainer"].pop("default_root_dir")
+    config["trainer"]["logger"]["init_args"].pop("save_dir")
+    return config
+
+
+def test_fmnist_configs_differ_only_in_masking(capsys, monkeypatch):
     """The three Fashion-MNIST runs compared in the README: MAE, SG-MAE from epoch 2, SG-MAE auto start."""
-    runs = {n: yaml.safe_load((EXPERIMENTS / f"{n}.yaml").read_text())
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    runs = {n: without_run_dir(printed_config(EXPERIMENTS / f"{n}.yaml", capsys))
             for n in ("sgmae_fmnist", "mae_fmnist", "sgmae_fmnist_auto")}
     for config in runs.values():
-        masking = config["model"]["init_args"].pop("masking")["init_args"]
-        config["trainer"].pop("default_root_dir")
-        config["trainer"]["logger"]["init_args"].pop("save_dir")
+        masking = config["model"]["init_args"]["masking"]["init_args"]
         assert masking.pop("start_epoch") in (2, None, "auto")
         for knob in ("auto_threshold", "auto_min_epoch", "auto_probe_images", "relation_temperature", "auto_patience"):
             masking.pop(knob, None)
-        config["masking"] = masking
     assert runs["sgmae_fmnist"] == runs["mae_fmnist"] == runs["sgmae_fmnist_auto"]
 
 
-def test_recipe_configs_differ_only_in_masking():
-    sg, mae = (yaml.safe_load((EXPERIMENTS / n).read_text()) for n in ("sgmae.yaml", "mae.yaml"))
+def test_recipe_configs_differ_only_in_masking(capsys, monkeypatch):
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    sg, mae = (without_run_dir(printed_config(EXPERIMENTS / n, capsys)) for n in ("sgmae.yaml", "mae.yaml"))
     assert sg["model"]["init_args"]["masking"]["init_args"]["start_epoch"] == 40
     assert mae["model"]["init_args"]["masking"]["init_args"]["start_epoch"] is None
     sg["model"]["init_args"]["masking"]["init_args"]["start_epoch"] = None
-    for cfg in (sg, mae):
-        cfg["trainer"].pop("default_root_dir"), cfg["trainer"]["logger"]["init_args"].pop("save_dir")
     assert sg == mae
     t = sg["trainer"]
     eff = sg["data"]["init_args"]["batch_size"] * t["devices"] * t["num_nodes"] * t["accumulate_grad_batches"]
     assert eff == 4096 and t["precision"] == "bf16-mixed" and t["max_epochs"] == 400
+
+
+@pytest.mark.parametrize("protocol", ["linprobe", "finetune"])
+def test_dataset_configs_differ_only_in_data(protocol, capsys, monkeypatch):
+    """The per-dataset overlays change the data class and folder only. They rely on jsonargparse keeping, when
+    a ``class_path`` changes, the ``init_args`` the old and new class share (batch size, crops, recipe)."""
+    monkeypatch.chdir(EXPERIMENTS.parent)
+    base = without_run_dir(printed_config(EXPERIMENTS / f"{protocol}_imagenet.yaml", capsys))
+    shared = {k: v for k, v in base.pop("data")["init_args"].items() if k != "data_dir"}
+    for dataset in ("cifar10", "cifar100", "cub", "inat2019"):
+        config = without_run_dir(printed_config(EXPERIMENTS / f"{protocol}_{dataset}.yaml", capsys))
+        data = config.pop("data")["init_args"]
+        assert config == base, dataset
+        assert {k: data[k] for k in shared if k in data} == {k: v for k, v in shared.items() if k in data}, dataset
+        assert data.keys() & shared.keys() >= {"recipe", "batch_size", "crop_scale"}, dataset
 
 
 def test_a_config_typo_is_an_error(capsys):

@@ -7,14 +7,18 @@ import csv
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.classification.fashion_mnist import FashionMNISTClassification
 from lightning_mae import MAEPretraining, MaskedAutoencoderViT
+from lightning_mae.downstream import runner
 from lightning_mae.downstream.checkpoints import load_encoder, read_checkpoint, save_official
 from lightning_mae.downstream.encoder import ViTEncoder, scaled_block_indices
 from lightning_mae.downstream.finetune import FineTuning
@@ -183,6 +187,95 @@ def test_a_module_without_checkpoint_or_encoder_is_an_error():
         LinearProbing(num_classes=3)
 
 
+# --- top-1 / top-5: known answers ------------------------------------------------------------------------
+# Ten samples of 3 classes, in batches of 4: 7 of 10 right (4/4, 2/4 and 1/2 per batch). Top-1 accuracy is
+# 7/10; the mean of per-class recalls (6/6, 0/2, 1/2: torchmetrics' default "macro") would be 0.5 and the
+# mean of per-batch accuracies 2/3.
+LABELS = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2])
+SEVEN_OF_TEN = torch.tensor([0, 0, 0, 0, 0, 0, 0, 0, 2, 0])
+
+
+def logits_loader(logits: torch.Tensor, labels: torch.Tensor) -> DataLoader:
+    return DataLoader(TensorDataset(logits, labels), batch_size=4)
+
+
+def network_returns_its_input(model: pl.LightningModule, monkeypatch) -> None:
+    """The module's network is the identity: a batch's "images" are the logits the metrics see."""
+    monkeypatch.setattr(model, "forward", lambda imgs: imgs)
+
+
+@pytest.mark.parametrize("module", [LinearProbing, FineTuning])
+@pytest.mark.parametrize("preds,expected", [
+    pytest.param(LABELS, 1.0, id="all-right"),
+    pytest.param((LABELS + 1) % 3, 0.0, id="all-wrong"),
+    pytest.param(SEVEN_OF_TEN, 0.7, id="7-of-10"),
+])
+def test_top1_is_the_fraction_of_samples_right(module, preds, expected, monkeypatch):
+    pool = "avg" if module is FineTuning else "token"
+    model = module(encoder=ViTEncoder(**TINY, global_pool=pool), num_classes=3, global_pool=pool)
+    network_returns_its_input(model, monkeypatch)
+    loader = logits_loader(F.one_hot(preds, 3).float(), LABELS)
+    [val] = tiny_trainer().validate(model, loader, verbose=False)
+    [test] = tiny_trainer().test(model, loader, verbose=False)
+    assert val["val/acc1"] == pytest.approx(expected, abs=1e-6)
+    assert test["test/acc1"] == pytest.approx(expected, abs=1e-6)
+    assert "val/acc5" not in val  # top-5 only with more than 5 classes
+
+
+def ranked_logits(labels: torch.Tensor, ranks: list[int], num_classes: int) -> torch.Tensor:
+    """Logits in which sample i's true class has the ``ranks[i]``-th highest score (1 = the top)."""
+    logits = torch.zeros(len(labels), num_classes)
+    for i, (label, rank) in enumerate(zip(labels.tolist(), ranks)):
+        order = [c for c in range(num_classes) if c != label]
+        order.insert(rank - 1, label)
+        logits[i, order] = torch.arange(num_classes, 0, -1, dtype=torch.float32)
+    return logits
+
+
+def test_top5_counts_the_samples_whose_class_is_among_the_five_best(monkeypatch):
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 0])
+    ranks = [1, 2, 5, 6, 7, 1, 3, 6]  # top-1: 2 of 8; top-5: 5 of 8
+    logits = ranked_logits(labels, ranks, 7)
+    assert (logits.argsort(-1, descending=True).argsort(-1)[torch.arange(8), labels] + 1).tolist() == ranks
+    model = LinearProbing(encoder=ViTEncoder(**TINY), num_classes=7)
+    network_returns_its_input(model, monkeypatch)
+    [val] = tiny_trainer().validate(model, logits_loader(logits, labels), verbose=False)
+    assert val["val/acc1"] == pytest.approx(2 / 8, abs=1e-6)
+    assert val["val/acc5"] == pytest.approx(5 / 8, abs=1e-6)
+
+
+class LogitsData(pl.LightningDataModule):
+    num_classes = 3
+
+    def train_dataloader(self) -> DataLoader:
+        return logits_loader(F.one_hot(SEVEN_OF_TEN, 3).float(), LABELS)
+
+    val_dataloader = train_dataloader
+
+
+@pytest.mark.parametrize("val_every", [1, 2], ids=["validated-in-fit", "validated-after-fit"])
+def test_runner_reports_the_final_top1_in_percent(tmp_path, monkeypatch, val_every):
+    """``run_one`` on a run whose final model gets 7 of 10 right: ``Result.top1`` is 70.0 (percent), from
+    the last epoch's validation or, when fit did not validate it, from the validation run after fit."""
+
+    def fake_cli(args):
+        model = LinearProbing(encoder=ViTEncoder(**TINY), num_classes=3, optimizer="sgd", lr=0.1, warmup_epochs=0)
+        # the logits are the input (with a zero term, so that the training step has a gradient to follow)
+        monkeypatch.setattr(model, "forward", lambda imgs: imgs + 0.0 * model.head[1].weight.sum())
+        data = LogitsData()
+        trainer = tiny_trainer(max_epochs=1, check_val_every_n_epoch=val_every, default_root_dir=tmp_path)
+        trainer.fit(model, datamodule=data)
+        assert ("val/acc1" in trainer.callback_metrics) == (val_every == 1)
+        return SimpleNamespace(trainer=trainer, model=model, datamodule=data)
+
+    monkeypatch.setattr(runner, "cli", fake_cli)
+    monkeypatch.setattr(runner, "config_path", lambda dataset, protocol: tmp_path / f"{protocol}_{dataset}.yaml")
+    result = runner.run_one("pre.ckpt", "fashion_mnist", None, "linprobe", tmp_path, [])
+    assert result.top1 == pytest.approx(70.0, abs=1e-4)
+    assert (result.dataset, result.protocol, result.epochs, result.checkpoint) == ("fashion_mnist", "linprobe", 1,
+                                                                                   "pre.ckpt")
+
+
 # --- fine-tuning -------------------------------------------------------------------------------------
 def test_layer_ids_follow_the_mae_rule():
     assert layer_id("encoder.cls_token", 4, "encoder.") == 0
@@ -217,7 +310,10 @@ def test_finetune_step_applies_the_scales_and_trains():
     trainer = tiny_trainer(max_epochs=1)
     trainer.fit(model, DataLoader(data, batch_size=8, shuffle=True, drop_last=True), DataLoader(data, batch_size=32))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    assert 0.0 <= float(trainer.callback_metrics["val/acc1"]) <= 1.0
+    imgs, labels = data.tensors  # validated in one batch of 32, after the last step
+    with torch.no_grad():
+        right = int((model.eval()(imgs).argmax(-1) == labels).sum())
+    assert float(trainer.callback_metrics["val/acc1"]) == pytest.approx(right / 32, abs=1e-6)
     assert not torch.equal(before, model.encoder.blocks[0].attn.qkv.weight)  # fine-tuning trains the encoder
     [optimizer] = trainer.optimizers
     base = max(g["initial_lr"] for g in optimizer.param_groups)
@@ -245,14 +341,14 @@ def test_make_downstream_requires_a_checkpoint():
 
 
 @pytest.mark.slow
-def test_downstream_runs_end_to_end_on_fashion_mnist(tmp_path):
+def test_downstream_runs_end_to_end_on_fashion_mnist(tmp_path, monkeypatch):
     ckpt = tmp_path / "last.ckpt"
     write_pretraining_ckpt(ckpt, img_size=28, patch_size=7, in_chans=1)
     quick = ["--data.init_args.train_subset", "32", "--data.init_args.batch_size", "16",
              "--data.init_args.num_workers", "0", "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2"]
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_mae.downstream.runner", "--ckpt", str(ckpt), "--out_dir", str(tmp_path / "out"),
-         "--", *quick],
+        [sys.executable, "-m", "lightning_mae.downstream.runner", "--ckpt", str(ckpt),
+         "--out_dir", str(tmp_path / "out"), "--", *quick],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -260,8 +356,19 @@ def test_downstream_runs_end_to_end_on_fashion_mnist(tmp_path):
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert [(r["dataset"], r["protocol"]) for r in rows] == [("fashion_mnist", "linprobe"),
                                                               ("fashion_mnist", "finetune")]
-    for row in rows:
-        assert 0.0 <= float(row["top1"]) <= 100.0 and row["epochs"] == "1" and row["checkpoint"] == str(ckpt)
+    assert all(row["epochs"] == "1" and row["checkpoint"] == str(ckpt) for row in rows)
+    # top-1 is the final model's accuracy, in percent, on the 2 x 16 validated images: recount it with each
+    # run's own last checkpoint
+    monkeypatch.chdir(tmp_path)  # where the runs looked for the data
+    data = FashionMNISTClassification(batch_size=16, num_workers=0, img_size=28, eval_crop_ratio=1.0)
+    data.setup("validate")
+    batches = [batch for batch, _ in zip(data.val_dataloader(), range(2))]
+    for row, module in zip(rows, (LinearProbing, FineTuning)):
+        [last] = list((run / f"ckpt0_fashion_mnist_{row['protocol']}").rglob("last.ckpt"))
+        model = module.load_from_checkpoint(last, weights_only=True).eval()
+        with torch.no_grad():
+            right = sum(int((model(imgs).argmax(-1) == labels).sum()) for imgs, labels in batches)
+        assert float(row["top1"]) == pytest.approx(100.0 * right / 32, abs=1e-4), (row, right)
     table = (run / "results.md").read_text()
     assert "| fashion_mnist | linprobe |" in table and "| fashion_mnist | finetune |" in table
     assert list((run / "wandb").glob("offline-run-*")), "the results table was not logged to W&B"

@@ -9,8 +9,10 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from datamodules.dense.ade20k import ADE20K, reduce_zero_label
 from lightning_mae.downstream.encoder import ViTEncoder
@@ -91,7 +93,24 @@ def test_sliding_window_averages_overlapping_crops():
         sliding_window_logits(PositionCode(), img, 2, crop=16, stride=20)
 
 
-def test_one_training_step_and_one_evaluation(ade_root, tmp_path):
+def miou_reference(pairs, num_classes: int, ignore_index: int = 255) -> float:
+    """mIoU as ADE20K (mmseg) defines it: intersection and union of each class summed over all the
+    (prediction, label) pairs, IoU per class, mean over the classes with a non-empty union."""
+    inter, union = np.zeros(num_classes), np.zeros(num_classes)
+    for pred, label in pairs:
+        pred, label = np.asarray(pred), np.asarray(label)
+        valid = label != ignore_index
+        for c in range(num_classes):
+            inter[c] += ((pred == c) & (label == c) & valid).sum()
+            union[c] += (((pred == c) | (label == c)) & valid).sum()
+    return float((inter[union > 0] / union[union > 0]).mean())
+
+
+QUIET = dict(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+             enable_model_summary=False)
+
+
+def test_one_training_step_and_one_evaluation(ade_root, tmp_path, monkeypatch):
     pl.seed_everything(0)
     model = SemanticSegmentation(encoder=ViTEncoder(**TINY), num_classes=3, img_size=32, channels=16,
                                  aux_channels=8, stride=16, warmup_steps=1)
@@ -101,5 +120,84 @@ def test_one_training_step_and_one_evaluation(ade_root, tmp_path):
     trainer = pl.Trainer(max_steps=1, limit_val_batches=0, **quiet)
     trainer.fit(model, datamodule=dm)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    # the real model's predictions, as the metric gets them: the logged values are the reference's on them
+    seen, update = [], model.miou.update
+
+    def record(preds, target):
+        seen.append((preds, target))
+        update(preds, target)
+
+    monkeypatch.setattr(model.miou, "update", record)
     [metrics] = pl.Trainer(**quiet).validate(model, datamodule=dm, verbose=False)
-    assert 0.0 <= metrics["val/mIoU"] <= 1.0 and 0.0 <= metrics["val/pixel_acc"] <= 1.0
+    assert [tuple(t.shape) for _, t in seen] == [(1, 40, 56), (1, 30, 44)]  # each label at its own size
+    assert metrics["val/mIoU"] == pytest.approx(miou_reference(seen, 3), abs=1e-6)
+    valid = [t != 255 for _, t in seen]
+    right = sum(int((p == t)[v].sum()) for (p, t), v in zip(seen, valid))
+    assert metrics["val/pixel_acc"] == pytest.approx(right / sum(int(v.sum()) for v in valid), abs=1e-6)
+
+
+# --- mIoU: known answers ------------------------------------------------------------------------------
+def predicts_its_input(model: SemanticSegmentation, monkeypatch) -> None:
+    """The network's logits are the one-hot of the input's first channel: an image is its own prediction."""
+    k = model.hparams.num_classes
+    monkeypatch.setattr(model.model, "forward",
+                        lambda x: (F.one_hot(x[:, 0].round().long(), k).permute(0, 3, 1, 2).float(), None))
+
+
+def segmentation_module(**kwargs) -> SemanticSegmentation:
+    return SemanticSegmentation(encoder=ViTEncoder(**TINY), num_classes=3, img_size=32, channels=16, aux_channels=8,
+                                stride=16, **kwargs)
+
+
+# Two 2 x 4 images (3 classes, 255 = ignored). Summed over both: class 0 intersection 4, union 5 + 1;
+# class 1 intersection 3 + 6, union 4 + 7; class 2 neither labelled nor predicted (the pixel predicted 2 is
+# ignored): mIoU (4/6 + 9/11) / 2 = 49/66 = 0.742. Per image: (4/5 + 3/4) / 2 and (0 + 6/7) / 2, whose mean
+# is 0.602. Pixel accuracy 13/15 (per-image mean (7/8 + 6/7) / 2).
+LABELS = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 1]],
+                       [[1, 1, 1, 1], [1, 1, 1, 255]]])
+PREDS = torch.tensor([[[0, 0, 0, 0], [0, 1, 1, 1]],
+                      [[0, 1, 1, 1], [1, 1, 1, 2]]])
+ACCUMULATED_MIOU, PER_IMAGE_MIOU = (4 / 6 + 9 / 11) / 2, ((4 / 5 + 3 / 4) / 2 + (0 + 6 / 7) / 2) / 2
+
+
+def test_the_fixture_tells_accumulated_from_per_image_miou():
+    assert miou_reference(zip(PREDS, LABELS), 3) == pytest.approx(ACCUMULATED_MIOU) == pytest.approx(49 / 66)
+    assert np.mean([miou_reference([pair], 3) for pair in zip(PREDS, LABELS)]) == pytest.approx(PER_IMAGE_MIOU)
+    assert abs(ACCUMULATED_MIOU - PER_IMAGE_MIOU) > 0.1
+
+
+@pytest.mark.parametrize("preds,miou,pixel_acc", [
+    pytest.param(LABELS.where(LABELS != 255, 2), 1.0, 1.0, id="ground-truth"),  # wrong only where ignored
+    pytest.param((LABELS + 1) % 3, 0.0, 0.0, id="all-wrong"),  # every labelled pixel in another class
+    pytest.param(PREDS, ACCUMULATED_MIOU, 13 / 15, id="accumulated-over-the-set"),
+])
+def test_miou_of_known_predictions(monkeypatch, preds, miou, pixel_acc):
+    model = segmentation_module()
+    predicts_its_input(model, monkeypatch)
+    images = preds[:, None].expand(-1, 3, -1, -1).float()  # each image is its prediction
+    loader = DataLoader(list(zip(images, LABELS)), batch_size=1)  # one image per step
+    [val] = pl.Trainer(**QUIET).validate(model, loader, verbose=False)
+    [test] = pl.Trainer(**QUIET).test(model, loader, verbose=False)
+    for stage, metrics in (("val", val), ("test", test)):
+        assert metrics[f"{stage}/mIoU"] == pytest.approx(miou, abs=1e-6)
+        assert metrics[f"{stage}/pixel_acc"] == pytest.approx(pixel_acc, abs=1e-6)
+    if preds is PREDS:  # the set's mIoU, not the mean of the images' mIoU
+        assert val["val/mIoU"] != pytest.approx(PER_IMAGE_MIOU, abs=1e-3)
+
+
+def test_miou_on_the_ade20k_fixture_of_a_constant_prediction(ade_root, monkeypatch):
+    """Every pixel predicted as class 1, on the DataModule's validation set (labels at their original size,
+    0 = "other" ignored): class 1's IoU is its share of the labelled pixels, classes 0 and 2 (labelled,
+    never predicted) score 0, so mIoU is a third of the pixel accuracy."""
+    files = sorted((ade_root / "annotations" / "validation").glob("*.png"))
+    labels = [reduce_zero_label(np.array(Image.open(f))) for f in files]
+    labelled = sum(int((label != 255).sum()) for label in labels)
+    share = sum(int((label == 1).sum()) for label in labels) / labelled
+    assert miou_reference([(np.ones_like(label), label) for label in labels], 3) == pytest.approx(share / 3)
+    model = segmentation_module()
+    class_1 = lambda x: F.one_hot(torch.ones_like(x[:, 0], dtype=torch.long), 3).permute(0, 3, 1, 2).float()  # noqa: E731
+    monkeypatch.setattr(model.model, "forward", lambda x: (class_1(x), None))
+    dm = ADE20K(str(ade_root), crop_size=32, batch_size=2, num_workers=0)
+    [val] = pl.Trainer(**QUIET).validate(model, datamodule=dm, verbose=False)
+    assert val["val/pixel_acc"] == pytest.approx(share, abs=1e-6)
+    assert val["val/mIoU"] == pytest.approx(share / 3, abs=1e-6)

@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from datamodules import ImageFolderClassification, ImageNet
 from datamodules.images import BadImageError, ImageFiles, image_folder, load_image
 from lightning_run import AtomicCheckpointIO, NonFiniteLossError, NonFiniteLossGuard, atomic_torch_save
+from lightning_run.configs import expand_config
 from tests.conftest import EXPERIMENTS, LIGHTNING, REPO, run_lightning
 
 DEMO = EXPERIMENTS / "sgmae_fmnist.yaml"
@@ -353,15 +354,26 @@ def test_guard_stops_every_ddp_rank_when_one_rank_sees_nan(tmp_path):
                          rf"on 1 of 2 processes \(this process: loss = {loss}\)", out), out[-3000:]
 
 
+def merged_config(path: Path) -> dict:
+    """An experiment with its ``_base_`` chain merged (dicts key by key, lists replaced), without jsonargparse."""
+    def merge(base, over):
+        if isinstance(base, dict) and isinstance(over, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in over.items()}}
+        return over
+    config: dict = {}
+    for layer in expand_config(path):  # a base's path, or an overlay's YAML text
+        config = merge(config, yaml.safe_load(layer if "\n" in layer else Path(layer).read_text()))
+    return config
+
+
 GUARDED = [p for p in sorted(EXPERIMENTS.glob("*.yaml"))
-           if yaml.safe_load(p.read_text())["model"]["class_path"] in ("lightning_mae.MAEPretraining",
-                                                                       "lightning_inr.SignalFit")]
+           if merged_config(p)["model"]["class_path"] in ("lightning_mae.MAEPretraining", "lightning_inr.SignalFit")]
 
 
 def test_pretraining_and_inr_configs_have_the_guard():
     assert len(GUARDED) >= 4 + 9  # (sg)mae(_fmnist) and the INR configs; test_cli checks that all parse
     for config in GUARDED:
-        callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks") or []
+        callbacks = merged_config(config)["trainer"].get("callbacks") or []
         assert {"class_path": "lightning_run.NonFiniteLossGuard"} in callbacks, config.name
 
 

@@ -1,4 +1,4 @@
-"""`fast_dev_run` of every inr_*.yaml config through the `lightning` command on ../shared/data."""
+"""`fast_dev_run` of every inr_*.yaml config through the `lightning` command on the bundled samples."""
 
 import os
 import subprocess
@@ -10,10 +10,9 @@ import pytest
 from lightning_run.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
 CONFIGS = sorted((REPO / "experiments").glob("inr_*.yaml"))
 
-# Small enough for 2 CPU cores; the configs themselves point at ../shared/data.
+# Small enough for 2 CPU cores; the configs fit the samples bundled in the package (path: samples/...).
 SMALL = {
     "image": ["--data.init_args.size=24"],
     "audio": ["--data.init_args.max_samples=4000"],
@@ -36,7 +35,7 @@ def test_every_config_kind_is_covered():
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
 def test_fast_dev_run(config, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)  # configs name ../shared/data relative to the repository root
+    monkeypatch.chdir(tmp_path)  # samples/... resolves to the bundled files from any working directory
     monkeypatch.setattr(sys, "argv", ["lightning"])  # pytest's own arguments are not the CLI's
     out = tmp_path / "run"
     cli([
@@ -56,7 +55,7 @@ def test_lightning_console_script_fits_an_image(tmp_path):
     proc = subprocess.run(
         [str(command), "fit", "--config", str(REPO / "experiments" / "inr_image.yaml"), "--trainer.fast_dev_run=true",
          f"--trainer.default_root_dir={out}", "--model.init_args.manager_checkpoint=null", "--data.init_args.size=16"],
-        cwd=REPO, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "reconstruction.png").is_file() and (out / "expert_map.png").is_file()

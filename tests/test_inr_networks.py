@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from lightning_inr import INR, MLP, Finer, FourierFeatures, NeuralExperts
+from lightning_inr import INR, MLP, CoordinateNetwork, Finer, FourierFeatures, NeuralExperts
 from lightning_inr.experts import condition
+from lightning_inr.field import PARAMETER_GROUPS, missing_members
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -122,3 +123,49 @@ def test_softplus_ff_network_builds_and_runs():
     net = INR(activation="softplus", init="kaiming", fourier_features=64)
     assert net.encoder.mlp.weights[0].shape == (130, 128)
     assert net(torch.rand(7, 2)).pred.shape == (7, 3)
+
+
+@pytest.mark.parametrize("kind", ["inr", "neural_experts"])
+def test_both_networks_satisfy_the_coordinate_network_protocol(kind):
+    torch.manual_seed(0)
+    if kind == "inr":
+        net, k = INR(in_dim=2, out_dim=3, encoder_width=8, width=8), 1
+    else:
+        net, k = NeuralExperts(in_dim=2, out_dim=3, n_experts=3, encoder_width=8, expert_width=8,
+                               manager_encoder_width=8, manager_width=8), 3
+    assert isinstance(net, CoordinateNetwork) and missing_members(net) == []
+    assert (net.in_dim, net.out_dim, net.n_experts) == (2, 3, k)
+    # FieldOutput's documented shapes, K = 1 for the plain INR
+    coords = torch.rand(10, 2)
+    out = net(coords)
+    assert out.pred.shape == (10, 3) and out.expert_preds.shape == (k, 10, 3)
+    assert out.q.shape == (10, k) and out.selected.shape == (10,)
+    # every parameter in exactly one group, under the fixed group names
+    groups = net.parameter_groups()
+    assert tuple(groups) == PARAMETER_GROUPS
+    grouped = sorted(id(p) for ps in groups.values() for p in ps)
+    assert grouped == sorted(id(p) for p in net.parameters())
+    modules = net.manager_modules()
+    logits = net.manager_logits(coords)
+    if kind == "inr":  # no manager, and the type says so
+        assert modules == {} and logits is None and out.logits is None
+        assert groups["manager"] == groups["manager_encoder"] == []
+    else:
+        assert list(modules) == ["expert_encoder", "manager_encoder", "manager"]
+        assert all(isinstance(m, torch.nn.Module) for m in modules.values())
+        assert logits.shape == (10, 3)
+        torch.testing.assert_close(logits, out.logits)
+
+
+def test_an_incomplete_network_is_not_a_coordinate_network():
+    class Plain(torch.nn.Module):
+        in_dim, out_dim, n_experts = 2, 1, 1
+
+        def forward(self, coords):
+            return coords
+
+    assert not isinstance(Plain(), CoordinateNetwork)
+    assert missing_members(Plain()) == ["manager_logits", "manager_modules", "parameter_groups"]
+    assert missing_members(object()) == ["nn.Module", *sorted(
+        ["forward", "in_dim", "manager_logits", "manager_modules", "n_experts", "out_dim", "parameter_groups",
+         "parameters"])]

@@ -182,3 +182,27 @@ def test_manager_stage_needs_a_manager():
 
     with pytest.raises(ValueError, match="manager"):
         SignalFit(INR(encoder_width=8, width=8), ImageTask(), [Stage("m", 0.5, "all", "manager"), Stage("a", 1.0)])
+
+
+def test_signal_fit_refuses_a_network_that_is_not_a_coordinate_network():
+    class Bare(torch.nn.Module):  # a coordinate MLP that says nothing about experts or a manager
+        in_dim, out_dim = 2, 3
+
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 3)
+
+        def forward(self, coords):
+            return self.layer(coords)
+
+    with pytest.raises(TypeError, match=r"Bare is not a CoordinateNetwork.*lacks manager_logits, manager_modules, "
+                                        r"n_experts, parameter_groups"):
+        SignalFit(Bare(), ImageTask(), [Stage("all", 1.0)], label_map="none")
+
+
+def test_a_stage_must_train_something_of_the_network():
+    from lightning_inr import INR
+
+    with pytest.raises(ValueError, match="stage 'm': train='manager' trains no parameter of INR"):
+        SignalFit(INR(encoder_width=8, width=8), ImageTask(), [Stage("m", 0.5, "manager"), Stage("a", 1.0)],
+                  label_map="none")

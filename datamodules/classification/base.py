@@ -26,7 +26,7 @@ from datamodules.images import (
     image_files_of,
     skipped_images_summary,
 )
-from datamodules.loaders import make_loader
+from datamodules.loaders import check_train_subset, make_loader
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 Recipe = Literal["probe", "finetune"]
@@ -130,6 +130,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_train_subset(train_subset, batch_size)
         if not 0.0 < eval_crop_ratio <= 1.0:
             raise ValueError(f"eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
         if on_bad_image not in ("raise", "skip"):

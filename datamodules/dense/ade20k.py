@@ -92,6 +92,8 @@ class ADE20K(pl.LightningDataModule):
         super().__init__()
         if not 0 < ratio_range[0] <= ratio_range[1]:
             raise ValueError(f"ratio_range must satisfy 0 < min <= max, got {ratio_range}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data_dir, self.crop_size, self.ratio_range = Path(data_dir), crop_size, ratio_range
         self.batch_size, self.num_workers = batch_size, num_workers
 

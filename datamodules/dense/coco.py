@@ -105,6 +105,8 @@ class COCODetection(pl.LightningDataModule):
     def __init__(self, data_dir: str = "data/coco", year: str = "2017", batch_size: int = 2, num_workers: int = 4,
                  hflip: bool = True) -> None:
         super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data_dir, self.year = Path(data_dir), year
         self.batch_size, self.num_workers, self.hflip = batch_size, num_workers, hflip
 
@@ -134,6 +136,9 @@ class COCODetection(pl.LightningDataModule):
             self.val_set = self._split("val", False)
 
     def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(f"the training set has {len(self.train_set)} images, fewer than batch_size="
+                             f"{self.batch_size}: with drop_last training would run 0 steps; lower batch_size")
         return DataLoader(self.train_set, self.batch_size, shuffle=True, drop_last=True, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0)
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from datamodules.loaders import make_loader
+from datamodules.loaders import check_train_subset, make_loader
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package `dataset-fashion-mnist`
 SPLITS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -96,6 +96,7 @@ class FashionMNIST(pl.LightningDataModule):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_train_subset(train_subset, batch_size)
         self.data_dir, self.download = data_dir, download
         self.batch_size, self.num_workers = batch_size, num_workers
         self.img_size, self.crop_scale, self.hflip, self.train_subset = img_size, crop_scale, hflip, train_subset

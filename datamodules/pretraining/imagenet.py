@@ -46,6 +46,8 @@ class ImageNet(pl.LightningDataModule):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
         if on_bad_image not in ("raise", "skip"):
             raise ValueError(f"on_bad_image must be 'raise' or 'skip', got {on_bad_image!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data_dir, self.batch_size, self.num_workers = Path(data_dir), batch_size, num_workers
         self.img_size, self.crop_scale, self.eval_crop_ratio = img_size, crop_scale, eval_crop_ratio
         self.mean, self.std, self.on_bad_image = IMAGENET_MEAN, IMAGENET_STD, on_bad_image

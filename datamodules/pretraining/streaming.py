@@ -334,7 +334,16 @@ class StreamingImageNet(pl.LightningDataModule):
     def train_dataloader(self) -> ResumableStreamingDataLoader:
         if self.train_set is None:
             raise RuntimeError("StreamingImageNet.setup('fit') has not been called")
-        return self._loader(self.train_set)
+        loader = self._loader(self.train_set)
+        if len(loader) == 0:
+            total = sum(end - start for start, end in getattr(self.train_set, "region_of_interest", None) or [])
+            world = self.train_set.distributed_env.world_size
+            raise ValueError(
+                f"the training shards at {self.train_dir} hold {total} samples, too few for one batch of "
+                f"batch_size={self.batch_size} on each of {world} process(es): training would run 0 steps; "
+                "lower batch_size"
+            )
+        return loader
 
     def val_dataloader(self) -> ResumableStreamingDataLoader | list:
         return self._loader(self.val_set)

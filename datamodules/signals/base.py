@@ -11,10 +11,40 @@ One signal is fitted with the whole signal as every batch (the official full-bat
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+"""One sample of each signal shipped inside the package (``samples/README.md``: sources, licences)."""
+
+FULL_SETS = "`make data-inr` (python -m datamodules.signals.download --out data) downloads the full sets into data/"
+
+
+def resolve_path(value: str | Path, option: str = "path") -> Path:
+    """The file or folder named by the option ``option`` = ``value``.
+
+    ``value`` as given (relative to the working directory) when it exists; otherwise a relative
+    ``samples/...`` names the samples bundled in the package (``datamodules/signals/samples/...``,
+    found next to this file, so installed copies find them too). A missing path raises a
+    ``FileNotFoundError`` that names the value and every place looked.
+    """
+    path = Path(value).expanduser()
+    if path.exists():
+        return path
+    looked = [str(path) if path.is_absolute() else f"{Path.cwd() / path} (from the working directory)"]
+    if not path.is_absolute() and path.parts and path.parts[0] == "samples":
+        bundled = SAMPLES.joinpath(*path.parts[1:])
+        if bundled.exists():
+            return bundled
+        looked.append(f"{bundled} (the samples bundled in the package)")
+    places = " nor at ".join(looked)
+    raise FileNotFoundError(
+        f"{option} {str(value)!r}: not found at {places}. Bundled samples: samples/kodak (kodim19.png), "
+        f"samples/audio/gt_bach.wav, samples/meshes/bunny.off; {FULL_SETS}."
+    )
 
 
 class _Repeat(Dataset):

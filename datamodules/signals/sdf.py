@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from datamodules.signals.base import SignalDataModule
+from datamodules.signals.base import SignalDataModule, resolve_path
 
 
 def load_mesh(path: str):
-    """A non-empty triangle mesh from ``path``; a clear error for anything else."""
+    """A non-empty triangle mesh from ``path`` (see ``resolve_path``); a clear error for anything else."""
     import trimesh
 
-    p = Path(path)
+    p = resolve_path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"mesh file {path} not found")
+        raise FileNotFoundError(f"path {path!r}: {p} is not a mesh file")
     try:
         mesh = trimesh.load(str(p), force="mesh", process=True)
     except Exception as err:
@@ -46,7 +45,7 @@ class SDFSamples(SignalDataModule):
     that sample's face normal (as in the official code).
 
     Args:
-        path: the mesh file.
+        path: the mesh file; ``samples/meshes/bunny.off`` is the Stanford bunny bundled in the package.
         n_surface, n_near, n_far: points per step (official 10k each).
         near_scale, far_scale: Laplace scales of the jitter (official 0.002 and 0.2).
         surface_samples: dense surface samples defining the distance (and the metrics' true surface).

@@ -27,7 +27,9 @@ def read_curves(folder: Path, layer: int) -> dict[str, list[tuple[int, float]]]:
     """``{"gap": [(epoch, value), ...], "kl_last": [...]}`` of ``folder/metrics.csv`` at ``enc{layer}``."""
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `python -m lightning_mae.analysis.figures ... --out {folder}` first")
+        raise FileNotFoundError(
+            f"{path} not found: run `python -m lightning_mae.analysis.figures ... --out {folder}` first"
+        )
     with path.open() as f:
         rows = list(csv.DictReader(f))
     curves: dict[str, list[tuple[int, float]]] = {}

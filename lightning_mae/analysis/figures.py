@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from datamodules.images import IMAGE_SUFFIXES
 from datamodules.pretraining.fashion_mnist import DEBIAN_DIR, find_idx, read_idx
 from datamodules.pretraining.fashion_mnist import MEAN as FMNIST_MEAN
 from datamodules.pretraining.fashion_mnist import STD as FMNIST_STD
@@ -43,12 +44,12 @@ from lightning_mae.analysis.metrics import (
     relation_kl_per_layer,
     similarity_matrix,
 )
+from lightning_mae.downstream.checkpoints import backbone_state, load_checkpoint_file
 from lightning_mae.mae import MaskedAutoencoderViT
 from lightning_mae.masking import SelfGuidedMasking, ncut_bipartition, random_ids_shuffle
 from lightning_mae.panels import mask_panel
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -63,15 +64,10 @@ class Checkpoint:
 def read_pretraining_checkpoint(path: str | Path) -> tuple[Checkpoint, dict[str, Tensor]]:
     """The metadata and the backbone weights of one ``MAEPretraining`` checkpoint (memory-mapped)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated zip, foreign pickle, not a torch file
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    ckpt = load_checkpoint_file(path, mmap=True)
     if not isinstance(ckpt, dict) or "mae_config" not in ckpt:
         raise ValueError(f"checkpoint {path} has no 'mae_config': not an MAEPretraining checkpoint of this project")
-    state = {k[len("backbone."):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("backbone.")}
+    state = backbone_state(ckpt.get("state_dict", {}))
     if not state:
         raise ValueError(f"checkpoint {path} has no 'backbone.*' weights in its state_dict")
     hparams = ckpt.get("hyper_parameters") or {}

@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_mae.downstream.encoder import ENCODER_KEYS, ViTEncoder
+from lightning_mae.downstream.encoder import ENCODER_KEYS, ViTEncoder, resize_grid
 
 # Keys of a checkpoint that belong to the pretraining decoder or a classifier, never to the encoder.
 _IGNORED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")
@@ -30,19 +29,30 @@ _IGNORED_PREFIXES = ("decoder_", "mask_token", "head.", "fc_norm.")
 _OFFICIAL_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Encoder weights (official key names) and the encoder's architecture from a checkpoint file."""
+def load_checkpoint_file(path: str | Path, mmap: bool | None = None) -> Any:
+    """``torch.load`` of a checkpoint onto the CPU (tensors only); a missing file, or one that torch cannot
+    read, raises an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # pickle errors, truncated zip files, foreign formats
         raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def backbone_state(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The ``backbone.*`` weights of an ``MAEPretraining`` state dict, under the backbone's own names."""
+    return {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Encoder weights (official key names) and the encoder's architecture from a checkpoint file."""
+    ckpt = load_checkpoint_file(path)
     if not isinstance(ckpt, dict):
         raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of weights")
     if "state_dict" in ckpt and any(k.startswith("backbone.") for k in ckpt["state_dict"]):
-        state = {k[len("backbone."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+        state = backbone_state(ckpt["state_dict"])
         config = ckpt.get("mae_config") or infer_config(state, path)
     else:
         state = ckpt.get("model", ckpt.get("state_dict", ckpt))
@@ -84,9 +94,7 @@ def resize_pos_embed(pos_embed: Tensor, grid: int) -> Tensor:
     old = math.isqrt(pos_embed.shape[1] - 1)
     if old == grid:
         return pos_embed
-    patch = pos_embed[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    patch = F.interpolate(patch, size=(grid, grid), mode="bicubic", align_corners=False)
-    patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos_embed.dtype)
+    patch = resize_grid(pos_embed[:, 1:].float(), old, (grid, grid)).to(pos_embed.dtype)
     return torch.cat([pos_embed[:, :1], patch], dim=1)
 
 

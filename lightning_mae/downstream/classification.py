@@ -67,9 +67,11 @@ class ClassificationModule(pl.LightningModule):
     def _make_head(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = self.build_head(num_classes)
-        top_k = {"acc1": MulticlassAccuracy(num_classes, top_k=1)}
+        # Top-k accuracy is the fraction of samples right ("micro"); torchmetrics' default ("macro") is the
+        # mean per-class recall, which differs from it on imbalanced sets.
+        top_k = {"acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes > 5:
-            top_k["acc5"] = MulticlassAccuracy(num_classes, top_k=5)
+            top_k["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         self.val_metrics = MetricCollection(top_k, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
 

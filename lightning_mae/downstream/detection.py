@@ -13,20 +13,18 @@ and resize + flip augmentation instead of large-scale jitter.
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import MaskRCNN
 
 from lightning_mae.downstream.classification import build_encoder
+from lightning_mae.downstream.dense import layer_decay_adamw, save_hyperparameters_except_encoder
 from lightning_mae.downstream.encoder import ViTEncoder
-from lightning_mae.downstream.layer_decay import param_groups_layer_decay
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -102,9 +100,7 @@ class InstanceSegmentation(pl.LightningModule):
         decay_at: tuple[float, float] = (0.89, 0.96),
     ) -> None:
         super().__init__()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters(ignore=["encoder"] if isinstance(encoder, nn.Module) else [])
+        save_hyperparameters_except_encoder(self, encoder)
         if num_classes < 2:
             raise ValueError(f"num_classes (with background) must be >= 2, got {num_classes}")
         enc = build_encoder(checkpoint, encoder, **({"drop_path_rate": drop_path} if encoder is None else {}))
@@ -150,18 +146,9 @@ class InstanceSegmentation(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        encoder = self.model.backbone.encoder
-        groups = param_groups_layer_decay(self, encoder.depth, hp.weight_decay, hp.layer_decay,
-                                          encoder.no_weight_decay(), encoder_prefix="model.backbone.encoder.")
-        for group in groups:
-            group["lr"] = hp.lr * group["lr_scale"]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        milestones = [int(f * total) for f in hp.decay_at]
 
-        def schedule(step: int) -> float:
+        def schedule(step: int, total: int) -> float:  # linear warm-up, then x0.1 at each of decay_at
             warm = min(1.0, (step + 1) / hp.warmup_steps) if hp.warmup_steps else 1.0
-            return warm * 0.1 ** sum(step >= m for m in milestones)
+            return warm * 0.1 ** sum(step >= int(f * total) for f in hp.decay_at)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return layer_decay_adamw(self, self.model.backbone.encoder, "model.backbone.encoder.", schedule)

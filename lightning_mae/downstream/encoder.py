@@ -1,25 +1,31 @@
 """The ViT encoder of a masked autoencoder, for downstream use (probe, fine-tune, dense tasks).
 
-Same blocks and parameter names as ``MaskedAutoencoderViT``'s encoder half (and as the official MAE
-checkpoints: ``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.*``, ``norm``), plus what
-downstream recipes need: stochastic depth, a global-pool option with its own ``fc_norm``, positional
-embeddings interpolated to other input sizes, and per-block feature maps for dense heads.
+Built by the same ``vit_stem`` as ``MaskedAutoencoderViT``'s encoder half, under the same parameter
+names (those of the official MAE checkpoints: ``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``blocks.N.*``, ``norm``), plus what downstream recipes need: stochastic depth, a global-pool option
+with its own ``fc_norm``, positional embeddings interpolated to other input sizes, and per-block
+feature maps for dense heads.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
+from timm.layers import Attention as TimmAttention
 from torch import Tensor, nn
 
-from lightning_mae.mae import _layer_norm, init_mae_weights, sincos_pos_embed
+from lightning_mae.mae import _layer_norm, init_mae_weights, prepend_cls, vit_stem
 
 # Constructor arguments of MaskedAutoencoderViT that describe the encoder (the rest is the decoder's).
 ENCODER_KEYS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def resize_grid(tokens: Tensor, grid: int, size: tuple[int, int]) -> Tensor:
+    """``[1, grid*grid, D]`` per-patch vectors of a square grid -> ``[1, h*w, D]`` for an ``h x w`` grid (bicubic)."""
+    x = tokens.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], -1)
 
 
 class ViTEncoder(nn.Module):
@@ -47,10 +53,6 @@ class ViTEncoder(nn.Module):
         global_pool: Literal["token", "avg"] = "token",
     ) -> None:
         super().__init__()
-        if img_size % patch_size:
-            raise ValueError(f"patch_size={patch_size} does not divide img_size={img_size}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -60,18 +62,16 @@ class ViTEncoder(nn.Module):
         self.patch_size, self.embed_dim, self.depth, self.global_pool = patch_size, embed_dim, depth, global_pool
         self.grid = img_size // patch_size
         # Not strict about the input size: detection/segmentation feed other sizes (pos_embed is resized).
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        # A parameter here (fine-tuning trains it, as the official code does); initialised to MAE's sin-cos.
-        self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid)[None])
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=rate, norm_layer=_layer_norm)
-            for rate in rates
+        # timm's own attention in the blocks (MAE pretraining swaps in an explicit bf16 CPU form for speed).
+        self.patch_embed, self.cls_token, pos_embed, self.blocks, norm = vit_stem(
+            img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
+            strict_img_size=False, attn_layer=TimmAttention,
         )
+        # A parameter here (fine-tuning trains it, as the official code does); initialised to MAE's sin-cos.
+        self.pos_embed = nn.Parameter(pos_embed)
         # With global pooling the final norm is replaced by ``fc_norm`` after pooling (as in the official
         # code); an unused ``norm`` would also break DDP, which expects every parameter to get a gradient.
-        self.norm = _layer_norm(embed_dim) if global_pool == "token" else nn.Identity()
+        self.norm = norm if global_pool == "token" else nn.Identity()
         self.fc_norm = _layer_norm(embed_dim) if global_pool == "avg" else None
         # Same initialisation as the MAE encoder, so a randomly initialised encoder is a fair baseline.
         init_mae_weights(self)
@@ -84,17 +84,14 @@ class ViTEncoder(nn.Module):
         pos = self.pos_embed[:, 1:]
         if (h, w) == (self.grid, self.grid):
             return pos
-        pos = pos.reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos, size=(h, w), mode="bicubic", align_corners=False)
-        return pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+        return resize_grid(pos, self.grid, (h, w))
 
     def _tokens(self, imgs: Tensor) -> tuple[Tensor, int, int]:
         if imgs.shape[-2] % self.patch_size or imgs.shape[-1] % self.patch_size:
             raise ValueError(f"image size {tuple(imgs.shape[-2:])} is not a multiple of patch_size={self.patch_size}")
         h, w = imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size
         x = self.patch_embed(imgs) + self._pos_embed(h, w)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1), h, w
+        return prepend_cls(x, self.cls_token, self.pos_embed), h, w
 
     def forward_features(self, imgs: Tensor) -> Tensor:
         """All tokens after the last block, ``[B, 1 + N, D]`` (final ``norm`` applied for ``token`` pooling)."""

@@ -26,8 +26,8 @@ import wandb
 
 from lightning_run import run_dir
 from lightning_run.cli import cli
+from lightning_run.configs import shipped_experiments
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 # Dataset name -> option naming its folder (Fashion-MNIST's is optional: Debian's files by default).
 DATASETS = ("fashion_mnist", "imagenet", "inat2019", "cifar10", "cifar100", "cub")
 CONFIG_NAMES = {"fashion_mnist": "fmnist"}
@@ -43,11 +43,13 @@ class Result:
     checkpoint: str
 
 
-def config_path(dataset: str, protocol: str, experiments: Path = EXPERIMENTS) -> Path:
-    path = experiments / f"{protocol}_{CONFIG_NAMES.get(dataset, dataset)}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no experiment config {path} for {protocol} on {dataset}")
-    return path
+def config_path(dataset: str, protocol: str) -> Path:
+    """The shipped experiment ``<protocol>_<dataset>.yaml`` (source tree or installed package)."""
+    name = f"{protocol}_{CONFIG_NAMES.get(dataset, dataset)}.yaml"
+    shipped = shipped_experiments()
+    if shipped is None or not (shipped / name).is_file():
+        raise FileNotFoundError(f"no experiment config {name} for {protocol} on {dataset} (looked in {shipped})")
+    return shipped / name
 
 
 def run_one(ckpt: str, dataset: str, data_dir: str | None, protocol: str, out: Path, extra: list[str]) -> Result:

@@ -10,7 +10,6 @@ the model on overlapping crops (sliding window) and averages the logits. mIoU is
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -20,8 +19,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lightning_mae.downstream.classification import build_encoder
+from lightning_mae.downstream.dense import layer_decay_adamw, save_hyperparameters_except_encoder
 from lightning_mae.downstream.encoder import ViTEncoder, scaled_block_indices
-from lightning_mae.downstream.layer_decay import param_groups_layer_decay
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
@@ -161,9 +160,7 @@ class SemanticSegmentation(pl.LightningModule):
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
-            self.save_hyperparameters(ignore=["encoder"] if isinstance(encoder, nn.Module) else [])
+        save_hyperparameters_except_encoder(self, encoder)
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         options = {"img_size": img_size, "drop_path_rate": drop_path} if encoder is None else {}
@@ -205,17 +202,10 @@ class SemanticSegmentation(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = param_groups_layer_decay(self, self.model.encoder.depth, hp.weight_decay, hp.layer_decay,
-                                          self.model.encoder.no_weight_decay(), encoder_prefix="model.encoder.")
-        for group in groups:
-            group["lr"] = hp.lr * group["lr_scale"]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
 
-        def schedule(step: int) -> float:
+        def schedule(step: int, total: int) -> float:  # linear warm-up, then linear decay to 0 ("poly 1")
             if step < hp.warmup_steps:
                 return (step + 1) / hp.warmup_steps
             return max(0.0, 1.0 - (step - hp.warmup_steps) / max(total - hp.warmup_steps, 1))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return layer_decay_adamw(self, self.model.encoder, "model.encoder.", schedule)
