@@ -72,6 +72,17 @@ compare-fmnist: install data
 	$(PY) -m lightning_mae.downstream.runner --protocols linprobe --out_dir runs/downstream \
 	  $(foreach r,$(FMNIST_RUNS),--ckpt $(call latest_run,$(r))checkpoints/last.ckpt)
 
+# The same three methods over seeds, as evidence (docs/sgmae-evidence.md): pretrain each per seed (finished runs under
+# runs/sgmae_evidence are reused), linear probe, k-NN, fine-tune and a transfer probe on digits, paired t-tests per
+# metric, clustering curves; writes $(EVIDENCE_OUT)/table.md, results.csv and plots. Hours on 2 CPU cores.
+# e.g. make sgmae-evidence EVIDENCE_ARGS="--epochs 12 --runs runs/sgmae_evidence_e12"
+.PHONY: sgmae-evidence
+EVIDENCE_SEEDS ?= 0 1 2
+EVIDENCE_OUT   ?= docs/evidence
+EVIDENCE_ARGS  ?=
+sgmae-evidence: install data
+	$(PY) -m benchmarks.sgmae_evidence --seeds $(EVIDENCE_SEEDS) --out $(EVIDENCE_OUT) $(EVIDENCE_ARGS)
+
 # ---------------------------------------------------------------- Streaming ImageNet (litdata shards)
 .PHONY: shards
 IMAGENET_DIR ?= data/imagenet
@@ -83,7 +94,7 @@ shards: install
 	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
 
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
-.PHONY: data-inr kodak bench-inr inr-image inr-audio inr-sdf
+.PHONY: data-inr kodak bench-inr inr-image inr-audio inr-sdf manager
 INR_DATA   ?= data
 KODAK_DIR  ?= $(INR_DATA)/kodak
 KODAK_ARGS ?=
@@ -102,6 +113,14 @@ kodak: install
 bench-inr: install
 	$(PY) -m benchmarks.inr_speed
 
+# The pretrained manager shipped for the image setting (128² grid, K = 4, random labels): experiments/inr_image.yaml's
+# managers/image_128_k4_random.pt. 3,000 full-batch Adam steps, seed 0: 1-2 s a step on two CPU cores, so an hour
+# or more (MANAGER_ARGS="--device cuda" on a GPU). tests/test_inr_training.py checks that it reproduces the file.
+MANAGER_OUT  ?= lightning_inr/managers/image_128_k4_random.pt
+MANAGER_ARGS ?=
+manager: install
+	$(PY) -m lightning_inr.manager_pretraining --resolution 128 --experts 4 --out $(MANAGER_OUT) $(MANAGER_ARGS)
+
 inr-image: install
 	$(CLI) fit --config experiments/inr_image.yaml
 
@@ -111,7 +130,7 @@ inr-audio: install
 inr-sdf: install
 	$(CLI) fit --config experiments/inr_sdf.yaml
 
-# ---------------------------------------------------------------- Downstream evaluation (issue 4)
+# ---------------------------------------------------------------- Downstream evaluation
 .PHONY: downstream coco ade20k downstream-ckpt
 DOWNSTREAM_OUT  ?= runs/downstream
 DOWNSTREAM_ARGS ?=

@@ -2,7 +2,7 @@
 
 - ``pretraining``: unlabelled images for MAE pretraining (Fashion-MNIST, ImageNet folders, litdata shards);
 - ``classification``: labelled images for the linear probe and fine-tuning (CIFAR, CUB, iNat, ImageFolder,
-  Fashion-MNIST);
+  Fashion-MNIST, scikit-learn's 8x8 digits);
 - ``dense``: COCO instance segmentation and ADE20K semantic segmentation;
 - ``signals``: one signal for an implicit neural representation (image, audio clip, SDF samples of a mesh),
   with a few bundled samples.
@@ -13,6 +13,7 @@
 from datamodules.classification import (
     CIFAR,
     CUB200,
+    DigitsClassification,
     FashionMNISTClassification,
     ImageFolderClassification,
     INat2019,
@@ -22,6 +23,7 @@ from datamodules.pretraining import FashionMNIST, ImageNet, StreamingImageNet
 from datamodules.signals import AudioSignal, ImageSignal, SDFSamples
 
 __all__ = [
-    "ADE20K", "CIFAR", "CUB200", "AudioSignal", "COCODetection", "FashionMNIST", "FashionMNISTClassification",
-    "INat2019", "ImageFolderClassification", "ImageNet", "ImageSignal", "SDFSamples", "StreamingImageNet",
+    "ADE20K", "CIFAR", "CUB200", "AudioSignal", "COCODetection", "DigitsClassification", "FashionMNIST",
+    "FashionMNISTClassification", "INat2019", "ImageFolderClassification", "ImageNet", "ImageSignal", "SDFSamples",
+    "StreamingImageNet",
 ]

@@ -141,7 +141,7 @@ class MaskedAutoencoderViT(nn.Module):
             decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss,
         )
         self.img_size, self.patch_size, self.in_chans = img_size, patch_size, in_chans
-        self.depth = depth
+        self.depth, self.decoder_depth = depth, decoder_depth
         self.norm_pix_loss = norm_pix_loss
         grid = img_size // patch_size
         self.num_patches = grid * grid
@@ -220,6 +220,19 @@ class MaskedAutoencoderViT(nn.Module):
             raise ValueError(f"source_layer={layer} is outside [0, depth={self.depth}]")
         x = self.encoder_input(imgs)
         for blk in self.blocks[:layer]:
+            x = blk(x)
+        return nn.functional.normalize(x[:, 1:].float(), dim=-1)
+
+    @torch.no_grad()
+    def decoder_patch_features(self, imgs: Tensor, layer: int) -> Tensor:
+        """L2-normalised decoder patch embeddings ``[B, N, D_dec]`` of the full, unmasked image after the first
+        ``layer`` decoder blocks: the whole encoder on all patches (``forward_features``), ``decoder_embed``
+        plus the decoder position embedding (every patch visible, no mask token), then ``layer`` blocks.
+        """
+        if not 0 <= layer <= len(self.decoder_blocks):
+            raise ValueError(f"source_layer={layer} is outside [0, decoder_depth={len(self.decoder_blocks)}]")
+        x = self.decoder_embed(self.forward_features(imgs)) + self.decoder_pos_embed
+        for blk in self.decoder_blocks[:layer]:
             x = blk(x)
         return nn.functional.normalize(x[:, 1:].float(), dim=-1)
 

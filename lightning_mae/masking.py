@@ -22,6 +22,7 @@ from lightning_mae.relations import relation_kl, token_relations
 
 Partition = Literal["ncut", "pca"]
 HintSelection = Literal["random", "lowest_score"]
+FeatureSource = Literal["encoder", "decoder"]
 
 
 def random_ids_shuffle(
@@ -37,6 +38,36 @@ def _random_order(shape: tuple[int, int], device: torch.device, generator: torch
     return torch.argsort(torch.rand(shape, device=device, generator=generator), dim=1)
 
 
+def cosine_affinity(z: Tensor) -> Tensor:
+    """Pairwise similarities ``[B, N, N]`` (float32) of ``z`` ``[B, N, D]``: cosines when ``z`` is L2-normalised."""
+    z = z.float()
+    return z @ z.transpose(1, 2)
+
+
+def ncut_threshold(affinity: Tensor, tau: float | Literal["mean"]) -> Tensor | float:
+    """The edge threshold of each image's graph: ``tau``, or under ``"mean"`` the image's mean off-diagonal
+    affinity (a ``[B, 1, 1]`` tensor)."""
+    if tau != "mean":
+        return tau
+    n = affinity.shape[-1]
+    off_diagonal = affinity.sum((-2, -1)) - affinity.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return (off_diagonal / (n * (n - 1)))[:, None, None]
+
+
+def ncut_split(affinity: Tensor, tau: float | Literal["mean"] = 0.2, eps: float = 1e-5) -> Tensor:
+    """Normalized-Cut bi-partition of the graph whose edges are 1 where ``affinity`` ``[B, N, N]`` exceeds
+    ``tau`` (``"mean"``: per image, ``ncut_threshold``) and ``eps`` elsewhere; see ``ncut_bipartition``.
+    Any symmetric affinity works (cosine similarities, symmetrised attention)."""
+    w = torch.where(affinity > ncut_threshold(affinity, tau), 1.0, eps).to(affinity.dtype)
+    d_inv_sqrt = w.sum(dim=-1).rsqrt()
+    # Symmetric normalised Laplacian I - D^-1/2 W D^-1/2 has the same spectrum; y = D^-1/2 v.
+    eye = torch.eye(w.shape[-1], device=affinity.device, dtype=affinity.dtype)
+    lap = eye - d_inv_sqrt[:, :, None] * w * d_inv_sqrt[:, None, :]
+    _, vecs = torch.linalg.eigh(lap)
+    y = vecs[:, :, 1] * d_inv_sqrt
+    return _object_side(y)
+
+
 def ncut_bipartition(z: Tensor, tau: float | Literal["mean"] = 0.2, eps: float = 1e-5) -> Tensor:
     """Normalized-Cut bi-partition of each image's patches (TokenCut-style graph).
 
@@ -44,23 +75,39 @@ def ncut_bipartition(z: Tensor, tau: float | Literal["mean"] = 0.2, eps: float =
     ``tau`` and ``eps`` elsewhere (keeps the graph connected). ``tau="mean"`` thresholds each image
     at its mean pairwise similarity: MAE features are anisotropic (in the Fashion-MNIST demo every
     block-3 patch pair has cosine > 0.2), and a fixed threshold below all similarities makes the
-    graph complete and its Fiedler vector degenerate, i.e. the split arbitrary. The Fiedler vector of the generalised
-    problem ``(D - W) y = lambda D y`` splits the patches at its mean; the side holding the largest
-    ``|y|`` is returned as the object (``True``) side.
+    graph complete and its Fiedler vector degenerate, i.e. the split arbitrary (``graph_stats`` measures
+    it). The Fiedler vector of the generalised problem ``(D - W) y = lambda D y`` splits the patches at
+    its mean; the side holding the largest ``|y|`` is returned as the object (``True``) side.
     """
-    z = z.float()
-    affinity = z @ z.transpose(1, 2)
-    if tau == "mean":
-        n = affinity.shape[-1]
-        off_diagonal = affinity.sum((-2, -1)) - affinity.diagonal(dim1=-2, dim2=-1).sum(-1)
-        tau = (off_diagonal / (n * (n - 1)))[:, None, None]  # type: ignore[assignment]
-    w = torch.where(affinity > tau, 1.0, eps).to(z.dtype)
-    d_inv_sqrt = w.sum(dim=-1).rsqrt()
-    # Symmetric normalised Laplacian I - D^-1/2 W D^-1/2 has the same spectrum; y = D^-1/2 v.
-    lap = torch.eye(w.shape[-1], device=z.device, dtype=z.dtype) - d_inv_sqrt[:, :, None] * w * d_inv_sqrt[:, None, :]
-    _, vecs = torch.linalg.eigh(lap)
-    y = vecs[:, :, 1] * d_inv_sqrt
-    return _object_side(y)
+    return ncut_split(cosine_affinity(z), tau, eps)
+
+
+# An NCut graph with more than this share of its off-diagonal pairs as edges (or fewer than 1 - it) is
+# (nearly) complete (empty): its Fiedler vector, hence the split, is arbitrary.
+DEGENERATE_DENSITY = 0.95
+QUANTILES = (0.1, 0.5, 0.9)
+
+
+def graph_stats(affinity: Tensor, tau: float | Literal["mean"]) -> dict[str, Tensor]:
+    """Statistics of the NCut graph built from ``affinity`` ``[B, N, N]`` with threshold ``tau``, as 0-d tensors.
+
+    ``sim_q10``, ``sim_q50``, ``sim_q90``: quantiles of the off-diagonal similarities (per image, nearest
+    rank, averaged over the images); ``edge_density``: the share of off-diagonal pairs above the threshold
+    (1 = a complete graph, whose cut is arbitrary; ``degenerate_graph``).
+    """
+    n = affinity.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool, device=affinity.device)
+    values = affinity[:, off]  # [B, N (N - 1)]
+    ranks = [round(q * (values.shape[1] - 1)) for q in QUANTILES]
+    quantiles = values.sort(dim=1).values[:, ranks].mean(0)
+    density = (affinity > ncut_threshold(affinity, tau))[:, off].float().mean()
+    stats = {f"sim_q{round(q * 100)}": v for q, v in zip(QUANTILES, quantiles.unbind(0))}
+    return {**stats, "edge_density": density}
+
+
+def degenerate_graph(edge_density: float) -> bool:
+    """True when the NCut graph is (nearly) complete or (nearly) empty: its split is then arbitrary."""
+    return not 1.0 - DEGENERATE_DENSITY <= edge_density <= DEGENERATE_DENSITY
 
 
 def pca_bipartition(z: Tensor, iters: int = 20) -> Tensor:
@@ -117,28 +164,38 @@ def add_hints(
 def informed_ids_shuffle(
     z: Tensor, len_keep: int, partition: Partition = "ncut", tau: float | Literal["mean"] = 0.2, eps: float = 1e-5,
     hint_ratio: float = 0.0, hint_selection: HintSelection = "random",
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, info: dict[str, Tensor] | None = None,
 ) -> Tensor:
     """Self-guided informed mask from L2-normalised patch embeddings ``z`` ``[B, N, D]``.
 
     Patches are sorted by similarity to the object cluster: the ``N - len_keep`` most similar are
     masked (the whole cluster first), then ``round(hint_ratio * n_mask)`` hints swap sides.
+
+    ``info``, when given, receives ``"partition"`` (the bi-partition, bool ``[B, N]``, ``True`` = object
+    side) and, for ``"ncut"``, the ``graph_stats`` of its graph, read off the similarity matrix the cut
+    already computed (no extra pass).
     """
     with torch.autocast(z.device.type, enabled=False):  # eigh and thresholds need float32
         if partition == "ncut":
-            obj = ncut_bipartition(z, tau, eps)
+            affinity = cosine_affinity(z)
+            obj = ncut_split(affinity, tau, eps)
+            if info is not None:
+                info.update(graph_stats(affinity, tau))
         elif partition == "pca":
             obj = pca_bipartition(z)
         else:
             raise ValueError(f"partition must be 'ncut' or 'pca', got {partition!r}")
         score = object_similarity(z.float(), obj)
+    if info is not None:
+        info["partition"] = obj
     ids_shuffle = torch.argsort(score, dim=1, stable=True)  # least object-like first = visible
     num_hints = round(hint_ratio * (z.shape[1] - len_keep))
     return add_hints(ids_shuffle, len_keep, num_hints, hint_selection, generator)
 
 
 class PatchEncoder(Protocol):
-    """What the masking needs of the model: its size and its no-grad mid-layer features."""
+    """What the masking needs of the model: its size and its no-grad mid-layer features (with
+    ``source="decoder"`` also ``decoder_depth`` and ``decoder_patch_features``, as ``MaskedAutoencoderViT``)."""
 
     num_patches: int
     depth: int
@@ -156,8 +213,16 @@ class SelfGuidedMasking(nn.Module):
             paper: the project's choice). ``"auto"``: switch at the epoch after the one whose token
             relations (on a fixed probe batch, at ``source_layer``) moved less than
             ``auto_threshold`` since the previous epoch; the switch epoch is part of the state dict.
-        source_layer: encoder block whose output feeds the partition (the no-grad pass stops there);
-            ``None`` = ``depth // 2``, the middle of the encoder. ``0`` = the patch embedding.
+        source_layer: the block whose output feeds the partition, counted from 1 within its ``source``:
+            ``6`` = the output of the 6th block (the no-grad pass stops there), ``0`` = the input of the
+            first block (for the encoder: the patch embedding plus position). ``None`` = ``depth // 2``
+            (the middle of the encoder) for ``source="encoder"``, ``decoder_depth`` (the decoder's last
+            block, as the paper's "layer 8 (decoder)" of ViT-B/16) for ``source="decoder"``.
+        source: where the features come from. ``"encoder"``: the encoder on all patches of the full
+            image, blocks ``1..source_layer``. ``"decoder"``: a full, unmasked pass through the whole
+            encoder (``forward_features``, normed), then ``decoder_embed`` plus the decoder's position
+            embedding, then decoder blocks ``1..source_layer`` (no mask token: every patch is
+            visible). The paper compares encoder layers 3, 7, 11 and decoder layer 8 (Fig. VIII).
         partition: ``"ncut"`` (Normalized Cut, the paper) or ``"pca"`` (cheaper split).
         tau: affinity threshold of the Normalized-Cut graph (cosine similarity), or ``"mean"``: each
             image's mean pairwise similarity (use it when every pair exceeds a fixed threshold, see
@@ -181,6 +246,7 @@ class SelfGuidedMasking(nn.Module):
         mask_ratio: float = 0.75,
         start_epoch: int | Literal["auto"] | None = 40,
         source_layer: int | None = None,
+        source: FeatureSource = "encoder",
         partition: Partition = "ncut",
         tau: float | Literal["mean"] = 0.2,
         eps: float = 1e-5,
@@ -200,6 +266,8 @@ class SelfGuidedMasking(nn.Module):
             raise ValueError(f"start_epoch must be an epoch >= 0, 'auto' or None, got {start_epoch!r}")
         if source_layer is not None and source_layer < 0:
             raise ValueError(f"source_layer must be >= 0 or None, got {source_layer}")
+        if source not in ("encoder", "decoder"):
+            raise ValueError(f"source must be 'encoder' or 'decoder', got {source!r}")
         if partition not in ("ncut", "pca"):
             raise ValueError(f"partition must be 'ncut' or 'pca', got {partition!r}")
         if hint_selection not in ("random", "lowest_score"):
@@ -215,7 +283,8 @@ class SelfGuidedMasking(nn.Module):
         if auto_min_epoch < 0 or auto_patience < 1 or auto_probe_images < 1:
             raise ValueError(f"need auto_min_epoch >= 0, auto_patience >= 1 and auto_probe_images >= 1, got "
                              f"{auto_min_epoch}, {auto_patience}, {auto_probe_images}")
-        self.mask_ratio, self.start_epoch, self.source_layer = mask_ratio, start_epoch, source_layer
+        self.mask_ratio, self.start_epoch = mask_ratio, start_epoch
+        self.source_layer, self.source = source_layer, source
         self.partition, self.tau, self.eps = partition, tau, eps
         self.hint_start, self.hint_end, self.hint_selection = hint_start, hint_end, hint_selection
         self.auto_threshold, self.auto_min_epoch, self.auto_patience = auto_threshold, auto_min_epoch, auto_patience
@@ -238,12 +307,36 @@ class SelfGuidedMasking(nn.Module):
     def len_keep(self, num_patches: int) -> int:
         return int(num_patches * (1 - self.mask_ratio))
 
-    def layer(self, depth: int) -> int:
+    def layer(self, depth: int, decoder_depth: int | None = None) -> int:
+        """The number of blocks of ``source`` the feature pass runs (``source_layer``, resolved and checked
+        against the encoder's ``depth``, or for ``source="decoder"`` against ``decoder_depth``)."""
+        if self.source == "decoder":
+            if decoder_depth is None:
+                raise ValueError("source='decoder' needs a model with a decoder (decoder_depth)")
+            layer = decoder_depth if self.source_layer is None else self.source_layer
+            if layer > decoder_depth:
+                raise ValueError(
+                    f"source_layer={layer} exceeds the decoder depth {decoder_depth} (source='decoder'): use 0 to "
+                    f"{decoder_depth} (0 = the decoder's input) or null (its last block, {decoder_depth}), or "
+                    "source='encoder'"
+                )
+            return layer
         layer = depth // 2 if self.source_layer is None else self.source_layer
         if layer > depth:
             raise ValueError(f"source_layer={layer} exceeds the encoder depth {depth}: use 0 to {depth} (0 = the "
                              f"patch embedding) or null (the middle block, {depth // 2})")
         return layer
+
+    def check(self, model: PatchEncoder) -> int:
+        """Fail now on a ``source_layer`` the model does not have; returns the resolved layer."""
+        return self.layer(model.depth, getattr(model, "decoder_depth", None))
+
+    def features(self, imgs: Tensor, model: PatchEncoder) -> Tensor:
+        """The no-grad, L2-normalised patch features ``[B, N, D]`` the partition is made from."""
+        layer = self.check(model)
+        if self.source == "decoder":
+            return model.decoder_patch_features(imgs, layer)  # type: ignore[attr-defined]
+        return model.patch_features(imgs, layer)
 
     def is_informed(self, epoch: int) -> bool:
         return self.informed_from is not None and epoch >= self.informed_from
@@ -261,20 +354,23 @@ class SelfGuidedMasking(nn.Module):
 
     def informed_ids(
         self, imgs: Tensor, model: PatchEncoder, hint_ratio: float, generator: torch.Generator | None = None,
+        info: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        z = model.patch_features(imgs, self.layer(model.depth))
+        """Informed ``ids_shuffle``; ``info`` (optional) receives the partition and graph statistics
+        (see ``informed_ids_shuffle``)."""
         return informed_ids_shuffle(
-            z, self.len_keep(model.num_patches), self.partition, self.tau, self.eps,
-            hint_ratio, self.hint_selection, generator,
+            self.features(imgs, model), self.len_keep(model.num_patches), self.partition, self.tau, self.eps,
+            hint_ratio, self.hint_selection, generator, info,
         )
 
     def forward(
         self, imgs: Tensor, model: PatchEncoder, epoch: int, max_epochs: int | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, info: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        """``ids_shuffle`` for this batch at this epoch (random draws from ``generator``)."""
+        """``ids_shuffle`` for this batch at this epoch (random draws from ``generator``). ``info`` is
+        filled only when the mask is informed (``informed_ids``)."""
         if self.is_informed(epoch):
-            return self.informed_ids(imgs, model, self.hint_ratio(epoch, max_epochs), generator)
+            return self.informed_ids(imgs, model, self.hint_ratio(epoch, max_epochs), generator, info)
         return random_ids_shuffle(imgs.shape[0], model.num_patches, imgs.device, generator)
 
     # --- "auto" start ----------------------------------------------------------------------------
@@ -289,8 +385,7 @@ class SelfGuidedMasking(nn.Module):
 
     def _relations(self, model: PatchEncoder) -> Tensor:
         assert self.probe_images is not None
-        z = model.patch_features(self.probe_images, self.layer(model.depth))
-        return token_relations(z, self.relation_temperature)
+        return token_relations(self.features(self.probe_images, model), self.relation_temperature)
 
     def relation_drift(self, model: PatchEncoder) -> Tensor:
         """KL between the probe batch's token relations now and at the previous call; remembers the new ones."""

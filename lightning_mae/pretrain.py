@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mae.mae import MaskedAutoencoderViT
-from lightning_mae.masking import SelfGuidedMasking, random_ids_shuffle
+from lightning_mae.masking import SelfGuidedMasking, degenerate_graph, random_ids_shuffle
 from lightning_mae.optim import param_groups_weight_decay, warmup_cosine
 from lightning_mae.probe import LinearProbe
 from lightning_run import compile_once, effective_batch_size, run_seed
@@ -71,18 +71,26 @@ class MAEPretraining(pl.LightningModule):
         blr: base learning rate; the actual lr is ``blr * effective_batch / 256`` where the effective
             batch counts the per-device batch, devices, nodes and gradient accumulation.
         lr: absolute learning rate; overrides ``blr`` when given.
-        weight_decay: AdamW weight decay (not applied to biases, norms and tokens).
+        weight_decay: AdamW weight decay. As facebookresearch/mae's ``main_pretrain.py`` (timm's
+            ``add_weight_decay`` with no skip list), every parameter is decayed except the 1-D ones
+            (biases, LayerNorm weights): ``cls_token`` and ``mask_token`` are decayed.
+        no_weight_decay_tokens: also exempt ``cls_token`` and ``mask_token`` (the model's
+            ``no_weight_decay()``) from weight decay, as the fine-tuning recipe and timm's ViTs do; not
+            the MAE pretraining reference. A checkpoint written before this option existed (tokens
+            exempt) resumes with it switched on.
         betas: AdamW betas.
         warmup_epochs: linear warm-up length in epochs (may be fractional); the schedule is per
             optimizer step, then cosine to ``min_lr``.
         min_lr: final learning rate of the cosine.
         num_classes: classes of the online linear probe; ``0`` disables it (no labels needed).
         probe_lr: learning rate of the probe head (same schedule shape as the backbone).
-        probe_features: ``"visible"`` probes the cls token of the masked forward (free);
-            ``"full"`` runs an extra no-grad forward of the unmasked image (the offline protocol's
-            feature, at the cost of a full encoder pass per step).
+        probe_features: ``"full"`` (default) probes the cls token of an extra no-grad forward of the
+            unmasked image: the offline protocol's feature, comparable between MAE and SG-MAE (costs a
+            full encoder pass per step). ``"visible"`` probes the cls token of the masked training
+            forward (free), but once informed masks hide the object it sees mostly background, so its
+            accuracy is not comparable across masking strategies.
         compile: ``torch.compile`` the backbone's forward (in place: state-dict keys unchanged). The
-            first steps pay the compilation; see the README's "Speed" section for what it buys.
+            first steps pay the compilation; docs/benchmarks.md says what it buys.
     """
 
     def __init__(
@@ -92,12 +100,13 @@ class MAEPretraining(pl.LightningModule):
         blr: float = 1.5e-4,
         lr: float | None = None,
         weight_decay: float = 0.05,
+        no_weight_decay_tokens: bool = False,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_epochs: float = 40.0,
         min_lr: float = 0.0,
         num_classes: int = 0,
         probe_lr: float = 1e-3,
-        probe_features: Literal["visible", "full"] = "visible",
+        probe_features: Literal["visible", "full"] = "full",
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -111,7 +120,9 @@ class MAEPretraining(pl.LightningModule):
                 self.hparams.pop(key)
         self.backbone = backbone if backbone is not None else MaskedAutoencoderViT()
         self.masking = masking if masking is not None else SelfGuidedMasking()
-        self.masking.layer(self.backbone.depth)  # fail now, not at start_epoch, on a bad source_layer
+        self.masking.check(self.backbone)  # fail now, not at start_epoch, on a bad source_layer
+        self._graph_checked_epoch: int | None = None  # last epoch whose NCut graph was checked (mask/edge_density)
+        self._graph_warned = False
         check_visible_patches(self.masking, self.backbone.num_patches)
         if probe_features not in ("visible", "full"):
             raise ValueError(f"probe_features must be 'visible' or 'full', got {probe_features!r}")
@@ -148,7 +159,9 @@ class MAEPretraining(pl.LightningModule):
         if self.masking.needs_probe:
             self.masking.set_probe(imgs, self.backbone)
         gen = self._mask_generator(imgs.device, batch_idx)
-        ids_shuffle = self.masking(imgs, self.backbone, self.current_epoch, self.trainer.max_epochs, gen)
+        info: dict[str, Tensor] = {}  # the informed mask's partition and NCut graph statistics
+        ids_shuffle = self.masking(imgs, self.backbone, self.current_epoch, self.trainer.max_epochs, gen, info)
+        self._log_graph_stats(info)
         out = self.backbone(imgs, ids_shuffle, self.masking.len_keep(self.backbone.num_patches))
         loss = out.loss
         self.log("train/loss", out.loss, prog_bar=True, on_epoch=True)
@@ -162,6 +175,32 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/probe_loss", probe_loss, on_epoch=True)
             self.log("train/probe_acc", (logits.argmax(-1) == labels).float().mean(), on_epoch=True)
         return loss
+
+    def _log_graph_stats(self, info: dict[str, Tensor]) -> None:
+        """Log the NCut graph of this step's informed masks (``mask/sim_q10|q50|q90``, ``mask/edge_density``)
+        and warn once when it is degenerate. Read off the similarity matrix the cut computed; the check
+        (one device sync) runs on the first informed step of each epoch until it has warned."""
+        stats = {k: v for k, v in info.items() if k != "partition"}
+        if not stats:  # random masks, or the PCA partition (no graph)
+            return
+        for key, value in stats.items():
+            self.log(f"mask/{key}", value)
+        if self._graph_warned or self._graph_checked_epoch == self.current_epoch:
+            return
+        self._graph_checked_epoch = self.current_epoch
+        density = float(stats["edge_density"])
+        if degenerate_graph(density):
+            self._graph_warned = True
+            m = self.masking
+            quantiles = ", ".join(f"{k[4:]} {float(v):.3f}" for k, v in stats.items() if k.startswith("sim_q"))
+            kind = "complete" if density > 0.5 else "empty"
+            rank_zero_warn(
+                f"informed masking: the NCut graph is nearly {kind} (edge density {density:.3f} = share of patch "
+                f"pairs with similarity above tau={m.tau}, at {m.source} block {m.check(self.backbone)}; "
+                f"similarity quantiles {quantiles}), so the cut, hence the informed mask, is arbitrary. Set "
+                "tau: mean (each image's mean similarity: --model.init_args.masking.init_args.tau mean) or a tau "
+                "near the median similarity; mask/edge_density and mask/sim_q* are logged every step"
+            )
 
     def on_fit_start(self) -> None:
         # A schedule whose informed phase lies past the last epoch is plain MAE: say so, once (rank 0).
@@ -230,6 +269,16 @@ class MAEPretraining(pl.LightningModule):
         imgs, labels = split_batch(batch)
         return {"features": self.backbone.forward_features(imgs)[:, 0], "labels": labels}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before configure_optimizers on a resume. A run saved before `no_weight_decay_tokens` existed
+        # exempted the tokens: keep its parameter groups, or its optimizer state would not fit them.
+        saved = checkpoint.get("hyper_parameters")
+        if (isinstance(saved, dict) and "no_weight_decay_tokens" not in saved and checkpoint.get("optimizer_states")
+                and not self.hparams.no_weight_decay_tokens):
+            rank_zero_warn("this checkpoint predates `no_weight_decay_tokens`: its run exempted cls_token and "
+                           "mask_token from weight decay, and the resumed run keeps doing so")
+            self.hparams.no_weight_decay_tokens = True
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The architecture travels with the weights (``state_dict`` keys ``backbone.*``), so downstream
         # code can rebuild the encoder from the checkpoint alone.
@@ -245,7 +294,8 @@ class MAEPretraining(pl.LightningModule):
             f"effective batch {eff_batch} (per device x {self.trainer.world_size} processes x "
             f"{self.trainer.accumulate_grad_batches} accumulation), lr {lr:.3g}, {total_steps} steps"
         )
-        groups = param_groups_weight_decay(self.backbone, hp.weight_decay, self.backbone.no_weight_decay())
+        skip = self.backbone.no_weight_decay() if hp.no_weight_decay_tokens else ()
+        groups = param_groups_weight_decay(self.backbone, hp.weight_decay, skip)
         if self.probe is not None:
             groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0, "lr": hp.probe_lr})
         optimizer = adamw(groups, lr, tuple(hp.betas))

@@ -50,11 +50,9 @@ from lightning_run.resume import (
     find_last,
     fmt,
     is_local_path,
-    predicted_run_dir,
-    previous_run,
     read_meta,
     resumes,
-    reused_dir_error,
+    reused_run_dir,
     same_class,
     saved_config,
 )
@@ -100,6 +98,7 @@ class ProjectCLI(LightningCLI):
         self.command = command
         self.ckpt_meta: dict | None = None
         self._fresh_dirs: list[Path] = []
+        self._links: dict[Path, str] = {}
         super().__init__(*args, **kwargs)
 
     # --- the config as plain data ---------------------------------------------------------------------------
@@ -183,19 +182,18 @@ class ProjectCLI(LightningCLI):
                 logger.init_args.id = run_id  # WandbLogger resumes with resume="allow"
         trainer = self._config_dict().get("trainer") or {}
         if self.subcommand == "fit":
-            self._refuse_reused_directories(trainer, ckpt_path, meta)
-        self._fresh_dirs = [d for d in _directories_a_run_creates(trainer) if not d.exists()]
+            self._refuse_reused_checkpoint_dirs(trainer, ckpt_path, meta)
+        fresh: set[Path] = set()
+        for directory in _directories_a_run_creates(trainer):
+            while not directory.exists() and directory != directory.parent:  # and its missing parents
+                fresh.add(directory)
+                directory = directory.parent
+        self._fresh_dirs = sorted(fresh)
+        # W&B points wandb/latest-run, debug.log, ... at the newest run: restored if this one is discarded
+        self._links = {link: os.readlink(link) for d in _directories_a_run_creates(trainer) if d.name == "wandb"
+                       and d.is_dir() for link in d.iterdir() if link.is_symlink()}
 
-    def _refuse_reused_directories(self, trainer: dict, ckpt_path: Any, meta: dict) -> None:
-        predicted = predicted_run_dir(trainer)
-        if predicted is not None:
-            directory, option = predicted
-            found = previous_run(directory)
-            logger = trainer.get("logger")
-            logger = logger[0] if isinstance(logger, list) and logger else logger
-            run_id = ((logger or {}).get("init_args") or {}).get("id") if isinstance(logger, dict) else None
-            if found and not resumes(directory, ckpt_path, meta, run_id):
-                raise reused_dir_error(directory, found, option)
+    def _refuse_reused_checkpoint_dirs(self, trainer: dict, ckpt_path: Any, meta: dict) -> None:
         for dirpath in checkpoint_dirpaths(trainer):
             existing = sorted(dirpath.glob("*.ckpt")) if dirpath.is_dir() else []
             if existing and not resumes(dirpath, ckpt_path, meta):
@@ -243,6 +241,11 @@ class ProjectCLI(LightningCLI):
         return f"{value['class_path']} (--{path})"
 
     def after_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # the Trainer and its loggers exist, nothing is written yet
+            config = self.config[self.subcommand]
+            problem = reused_run_dir(self.trainer, config.get("ckpt_path"), self.ckpt_meta)
+            if problem is not None:
+                raise problem
         for callback in self.trainer.callbacks:
             if isinstance(callback, InterruptCheckpoint):
                 callback.command = self.command
@@ -273,6 +276,9 @@ class ProjectCLI(LightningCLI):
         saver = next((cb for cb in trainer.callbacks if isinstance(cb, RunConfigSaver)), None)
         if saver is not None and saver.created_dir is not None and _holds_only_configs(saver.created_dir):
             shutil.rmtree(saver.created_dir, ignore_errors=True)
+        for link, target in self._links.items():
+            if not os.path.lexists(link) and (link.parent / target).exists():
+                link.symlink_to(target)
         for directory in sorted(self._fresh_dirs, key=lambda d: len(d.parts), reverse=True):
             if directory.is_dir() and not any(p.is_file() or p.is_symlink() for p in directory.rglob("*")):
                 shutil.rmtree(directory, ignore_errors=True)
@@ -393,8 +399,7 @@ def _directories_a_run_creates(trainer: dict) -> list[Path]:
             name = init.get("project") or init.get("name")
             if name:
                 dirs.append(Path(save_dir) / name)
-    cwd = Path.cwd().resolve()
-    return [d.resolve() for d in dirs if not cwd.is_relative_to(d.resolve())]  # never the working directory
+    return [d.resolve() for d in dirs]
 
 
 def _holds_only_configs(directory: Path) -> bool:
@@ -409,7 +414,7 @@ def _discard_wandb_run(run: Any) -> None:
         offline = getattr(run.settings, "mode", "") in ("offline", "dryrun") or bool(getattr(run, "offline", False))
     except Exception:
         return  # not a wandb Run (a rank's dummy experiment)
-    run.finish(exit_code=1, quiet=True)
+    run.finish(exit_code=1)
     if not offline or not folder.is_dir():
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -469,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     the command line) or ``LIGHTNING_DEBUG=1`` prints the traceback of every failure."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(args)
+    previous = os.environ.get(DEBUG_ENV)
     if "--debug" in args:
         args = [a for a in args if a != "--debug"]
-        os.environ[DEBUG_ENV] = "1"
+        os.environ[DEBUG_ENV] = "1"  # for the parser's errors (and DDP processes started from here)
     try:
         cli(args)
     except SystemExit as exit_:
@@ -481,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except BaseException as err:  # noqa: BLE001 - every failure is reported, a bug with its traceback
         return report(err, debug)
+    finally:
+        if previous is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = previous
     return 0
 
 

@@ -61,7 +61,9 @@ class NonFiniteLossGuard(pl.Callback):
         kept = f"; the last checkpoint, {last[0]}, is untouched" if last else ""
         raise NonFiniteLossError(
             f"{what}. Stopped before the optimizer step: the weights are those after step {trainer.global_step}"
-            f"{kept}. Lower the learning rate, clip gradients, or use bf16-mixed instead of 16-mixed."
+            f"{kept}. {'Resume from it' if kept else 'Run again'} with clipped gradients (--trainer.gradient_clip_val) "
+            "or bf16-mixed instead of 16-mixed (trainer options may change on resume), or start a new run with a "
+            "lower learning rate."
         )
 
     def _gradients_finite(self, trainer: pl.Trainer, optimizer: Optimizer, device: torch.device) -> Tensor:

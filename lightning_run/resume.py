@@ -91,6 +91,7 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
 
 def _unreadable(path: Path, err: BaseException) -> ConfigError:
     detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    detail = detail.split(". ")[0].rstrip(".")  # torch adds paragraphs of advice
     size = path.stat().st_size
     return ConfigError(
         f"checkpoint {path} cannot be read: it is truncated or not a checkpoint ({size} bytes; torch.load: {detail})",
@@ -255,33 +256,35 @@ def conflicts(current: dict, saved: dict) -> list[tuple[str, Any, Any]]:
 
 
 # --- run directories ------------------------------------------------------------------------------------
-def predicted_run_dir(trainer: dict) -> tuple[Path, str] | None:
-    """The run directory the config will write to when it is fixed in advance (a logger ``id``/``version``
-    given, or no logger: ``default_root_dir``), with the option that fixes it; ``None`` when each run gets a
-    new one. Mirrors ``lightning_run.rundir.run_dir``."""
-    if trainer.get("fast_dev_run"):
+def reused_run_dir(trainer: Any, ckpt_path: Any, meta: dict | None) -> ConfigError | None:
+    """The error for a ``fit`` that would write into a run directory holding another run, else ``None``.
+
+    Looks only at loggers whose directory is known without starting them (W&B with an id, CSV/TensorBoard,
+    none); call it after the Trainer is built and before ``fit``. A run resuming a checkpoint of that
+    directory's run is fine (``resumes``).
+    """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+    from lightning_run.rundir import run_dir
+
+    logger = trainer.logger
+    if getattr(trainer, "fast_dev_run", False):
         return None
-    loggers = _logger_configs(trainer)
-    if not loggers:
-        if trainer.get("logger") in (None, False):
-            return _root(trainer), "--trainer.default_root_dir"
+    if isinstance(logger, WandbLogger):
+        if not logger.version:
+            return None  # a new W&B run gets a new id
+        option = "--trainer.logger.init_args.id"
+    elif isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        option = "--trainer.logger.init_args.version"
+    elif logger is None:
+        option = "--trainer.default_root_dir"
+    else:
+        return None  # another logger: RunConfigSaver checks at setup
+    directory = run_dir(trainer)
+    found = previous_run(directory)
+    if not found or resumes(directory, ckpt_path, meta, logger.version if isinstance(logger, WandbLogger) else None):
         return None
-    first = loggers[0]
-    init = first.get("init_args") or {}
-    kind = _short(first.get("class_path"))
-    if kind == "WandbLogger":
-        run_id = init.get("id") or init.get("version")
-        if not run_id:
-            return None
-        project = init.get("project") or os.environ.get("WANDB_PROJECT") or "lightning_logs"
-        option = "--trainer.logger.init_args.id" if init.get("id") else "--trainer.logger.init_args.version"
-        return Path(init.get("save_dir") or init.get("dir") or _root(trainer), project, str(run_id)), option
-    if kind in ("CSVLogger", "TensorBoardLogger") and init.get("version") is not None:
-        version = init["version"]
-        version = version if isinstance(version, str) else f"version_{version}"
-        name = init.get("name", "lightning_logs") or ""
-        return Path(init.get("save_dir") or _root(trainer), name, version), "--trainer.logger.init_args.version"
-    return None
+    return reused_dir_error(directory, found, option)
 
 
 def previous_run(directory: Path) -> list[str]:

@@ -19,7 +19,9 @@ from datamodules.pretraining.fashion_mnist import DEBIAN_DIR, MEAN, STD, read_id
 from lightning_mae.analysis.figures import load_images
 from lightning_mae.analysis.figures import main as analyze_main
 from lightning_mae.analysis.metrics import (
+    attention_bipartition_gap,
     attention_distance,
+    attention_edges,
     attention_maps,
     attention_nmi,
     bipartition_gap,
@@ -139,19 +141,56 @@ def test_patch_attention_drops_cls_and_renormalises():
 def test_exploitation_rates_known_answers():
     t = 9  # cls + 8 patches
     mask = torch.tensor([[0, 1, 1, 1, 0, 1, 1, 1]], dtype=torch.float)  # 2 visible, 6 masked
-    uniform = exploitation_rates(torch.full((1, 2, t, t), 1 / t), mask)
-    assert (uniform.visible.item(), uniform.mask.item(), uniform.cls.item()) == pytest.approx((2 / t, 6 / t, 1 / t))
-    per_key = exploitation_rates(torch.full((1, 2, t, t), 1 / t), mask, per_key=True)
-    assert (per_key.visible.item(), per_key.mask.item(), per_key.cls.item()) == pytest.approx((1.0, 1.0, 1.0))
-    # Masked queries attend to the visible patches only (split evenly); visible queries do not count.
+    uniform = torch.full((1, 2, t, t), 1 / t)
+    per_token = exploitation_rates(uniform, mask)  # the default: uniform attention treats every kind alike
+    assert (per_token.visible.item(), per_token.mask.item(), per_token.cls.item()) == pytest.approx((1 / t,) * 3)
+    raw = exploitation_rates(uniform, mask, normalization="raw")  # the shares follow the counts
+    assert (raw.visible.item(), raw.mask.item(), raw.cls.item()) == pytest.approx((2 / t, 6 / t, 1 / t))
+    # Masked queries put 0.3 on cls, 0.3 on the 2 visible patches and 0.4 on the 6 masked ones; visible
+    # queries (all on cls) do not count.
     attn = torch.zeros(1, 1, t, t)
-    attn[..., 0] = 1.0  # every row on cls first ...
-    vis_keys = 1 + torch.tensor([0, 4])
-    masked_queries = 1 + mask[0].nonzero()[:, 0]
-    attn[0, 0, masked_queries] = 0.0
-    attn[0, 0, masked_queries[:, None], vis_keys] = 0.5  # ... except the masked queries'
-    rates = exploitation_rates(attn, mask)
-    assert (rates.visible.item(), rates.mask.item(), rates.cls.item()) == pytest.approx((1.0, 0.0, 0.0))
+    attn[..., 0] = 1.0
+    vis_keys, masked_keys = 1 + torch.tensor([0, 4]), 1 + mask[0].nonzero()[:, 0]
+    attn[0, 0, masked_keys] = 0.0
+    attn[0, 0, masked_keys, 0] = 0.3
+    attn[0, 0, masked_keys[:, None], vis_keys] = 0.3 / 2
+    attn[0, 0, masked_keys[:, None], masked_keys] = 0.4 / 6
+    assert torch.allclose(attn.sum(-1), torch.ones(1, 1, t))
+    raw = exploitation_rates(attn, mask, normalization="raw")
+    assert (raw.visible.item(), raw.mask.item(), raw.cls.item()) == pytest.approx((0.3, 0.4, 0.3))
+    per_token = exploitation_rates(attn, mask)
+    assert (per_token.visible.item(), per_token.mask.item(), per_token.cls.item()) == pytest.approx(
+        (0.15, 0.4 / 6, 0.3))
+    # Per image: each image's shares are divided by its own counts (here 2 and 6, then 6 and 2 visible).
+    flipped = 1 - mask
+    both = exploitation_rates(uniform.expand(2, -1, -1, -1), torch.cat([mask, flipped]))
+    assert (both.visible.item(), both.mask.item()) == pytest.approx((1 / t, 1 / t))
+    with pytest.raises(ValueError, match="normalization"):
+        exploitation_rates(uniform, mask, normalization="per_key")
+
+
+def test_attention_gap_known_answers():
+    n = 16
+    side = torch.arange(n) < n // 2
+    within = (side[:, None] == side[None]).float() / (n // 2)  # each patch attends evenly within its half
+    attn = torch.zeros(2, 3, 1 + n, 1 + n)
+    attn[..., 0, :] = 1 / (1 + n)  # the cls query and key are dropped
+    attn[..., 1:, 0] = 0.5  # half of each patch row on cls: renormalised away over the patches
+    attn[..., 1:, 1:] = 0.5 * within
+    assert torch.allclose(attention_edges(attn), within.expand(2, -1, -1))
+    # NCut on the attention graph finds the halves: intra 1/8, inter 0
+    assert torch.allclose(attention_bipartition_gap(attn), torch.full((2,), 1 / 8))
+    clusters = side[None].expand(2, -1)
+    assert torch.allclose(attention_bipartition_gap(attn, clusters), torch.full((2,), 1 / 8))
+    # uniform attention: every edge 1/N, no gap for any split
+    uniform = torch.full((1, 2, 1 + n, 1 + n), 1 / (1 + n))
+    assert attention_bipartition_gap(uniform, clusters[:1]).item() == pytest.approx(0.0, abs=1e-7)
+    # the edges are symmetrised: a one-way attention counts half in both directions
+    one_way = torch.zeros(1, 1, 1 + n, 1 + n)
+    one_way[..., 1:, 1] = 1.0  # every patch attends to patch 0 only
+    edges = attention_edges(one_way)
+    assert edges[0, 0, 5].item() == edges[0, 5, 0].item() == pytest.approx(0.5)
+    assert edges[0, 0, 0].item() == pytest.approx(1.0) and edges[0, 3, 5].item() == 0.0
 
 
 def test_attention_maps_reproduce_the_blocks_attention():
@@ -207,15 +246,19 @@ def test_model_report_keys_and_ranges():
     imgs = torch.randn(2, 1, 16, 16)
     ids = random_ids_shuffle(2, model.num_patches, generator=torch.Generator().manual_seed(0))
     report = model_report(model, imgs, ids, len_keep=4)
+    raw = model_report(model, imgs, ids, len_keep=4, exploitation="raw").scalars
     s = report.scalars
     for i in (1, 2, 3):
-        for family in ("sigma_f", "sigma_s", "gap", "fourier_high", "attn_dist", "attn_nmi"):
+        for family in ("sigma_f", "sigma_s", "gap", "gap_attn", "fourier_high", "attn_dist", "attn_nmi"):
             assert math.isfinite(s[f"{family}/enc{i}"])
     for i in (1, 2):
         for family in ("sigma_f", "sigma_s", "mask_var", "attn_dist", "attn_nmi", "exploit_visible"):
             assert math.isfinite(s[f"{family}/dec{i}"])
-        total = s[f"exploit_visible/dec{i}"] + s[f"exploit_mask/dec{i}"] + s[f"exploit_cls/dec{i}"]
-        assert total == pytest.approx(1.0, abs=1e-5)
+        total = raw[f"exploit_visible/dec{i}"] + raw[f"exploit_mask/dec{i}"] + raw[f"exploit_cls/dec{i}"]
+        assert total == pytest.approx(1.0, abs=1e-5)  # the raw shares
+        # per token: the shares divided by 4 visible tokens, 12 mask tokens and 1 cls
+        for kind, count in (("visible", 4), ("mask", 12), ("cls", 1)):
+            assert s[f"exploit_{kind}/dec{i}"] == pytest.approx(raw[f"exploit_{kind}/dec{i}"] / count, rel=1e-5)
     assert all(0 <= s[f"attn_nmi/enc{i}"] <= 1 for i in (1, 2, 3))
     assert len(report.relations) == 3 and report.relations[0].shape == (2, 16, 16)
 
@@ -261,7 +304,8 @@ def test_analysis_monitor_logs_a_baseline_and_every_epoch(tmp_path):
     assert not rows[0]["analysis/kl_prev/enc1"]  # nothing to compare the baseline with
     for row in rows[1:]:
         for key in ("analysis/kl_prev/enc1", "analysis/kl_prev/enc3", "analysis/exploit_mask/dec2",
-                    "analysis/attn_nmi/enc2", "analysis/sigma_f/dec1", "analysis/mask_var/dec2"):
+                    "analysis/gap_attn/enc2", "analysis/attn_nmi/enc2", "analysis/sigma_f/dec1",
+                    "analysis/mask_var/dec2"):
             assert math.isfinite(float(row[key])), key
         assert float(row["analysis/kl_prev/enc3"]) > 0  # the model moved
     assert torch.equal(monitor.images, loader(seed=1).dataset.tensors[0][:3])  # the first validation images
@@ -302,6 +346,8 @@ def test_analysis_monitor_rejects_bad_options():
         AnalysisMonitor(every_n_epochs=0)
     with pytest.raises(ValueError, match="mask_ratio"):
         AnalysisMonitor(mask_ratio=1.0)
+    with pytest.raises(ValueError, match="exploitation"):
+        AnalysisMonitor(exploitation="per_key")
 
 
 # --- the figure command -----------------------------------------------------------------------------
@@ -366,9 +412,25 @@ def test_analyze_writes_every_figure_and_the_csv(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [0, 3]  # sorted by epoch
     assert float(rows[1]["kl_last/enc3"]) == pytest.approx(0.0, abs=1e-6)  # the last is the reference
     assert float(rows[0]["kl_last/enc3"]) > 0
-    for key in ("sigma_f/enc1", "sigma_s/dec2", "gap/enc3", "exploit_visible/dec1", "attn_dist/enc2",
-                "attn_nmi/dec1", "fourier_high/enc3", "mask_var/dec2"):
+    for key in ("sigma_f/enc1", "sigma_s/dec2", "gap/enc3", "gap_attn/enc3", "exploit_visible/dec1",
+                "attn_dist/enc2", "attn_nmi/dec1", "fourier_high/enc3", "mask_var/dec2"):
         assert all(math.isfinite(float(r[key])) for r in rows), key
+
+
+def test_analyze_exploitation_option_reaches_the_metrics(tmp_path):
+    ckpt = save_tiny_checkpoint(tmp_path / "a.ckpt", epoch=0, steps=0)
+    rates = {}
+    for mode in ("per_token", "raw"):
+        analyze_main([str(ckpt), "--out", str(tmp_path / mode), "--images", str(image_folder(tmp_path / mode)),
+                      "--num-images", "2", "--device", "cpu", "--exploitation", mode])
+        (row,) = read_metrics(tmp_path / mode / "metrics.csv")
+        rates[mode] = {k: float(row[f"exploit_{k}/dec1"]) for k in ("visible", "mask", "cls")}
+    assert sum(rates["raw"].values()) == pytest.approx(1.0, abs=1e-4)
+    # 16 patches at 75%: 4 visible and 12 mask tokens
+    assert rates["per_token"]["visible"] == pytest.approx(rates["raw"]["visible"] / 4, rel=1e-3)
+    assert rates["per_token"]["mask"] == pytest.approx(rates["raw"]["mask"] / 12, rel=1e-3)
+    with pytest.raises(SystemExit):
+        analyze_main([str(ckpt), "--out", str(tmp_path / "x"), "--exploitation", "per_key"])
 
 
 def test_analyze_errors_name_the_file(tmp_path):

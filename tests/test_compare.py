@@ -36,3 +36,16 @@ def test_compare_writes_a_figure_and_names_bad_input(tmp_path):
         read_curves(a, 9)
     with pytest.raises(SystemExit):
         main(["--run", "no-equals-sign", "--layer", "1", "--out", str(tmp_path / "d.png")])
+
+
+def test_the_attention_gap_is_drawn_when_the_runs_have_it(tmp_path):
+    folder = tmp_path / "new"
+    folder.mkdir()
+    folder.joinpath("metrics.csv").write_text("checkpoint,epoch,gap/enc1,gap_attn/enc1,kl_last/enc1\n"
+                                              "e0.ckpt,0,0.1,0.01,0.5\ne1.ckpt,1,0.2,0.03,0.0\n")
+    assert read_curves(folder, 1)["gap_attn"] == [(0, 0.01), (1, 0.03)]
+    old = _metrics(tmp_path / "old", [0.1, 0.2])  # written before gap_attn existed: no such column
+    assert "gap_attn" not in read_curves(old, 1)
+    wide = main(["--run", f"new={folder}", "--run", f"old={old}", "--layer", "1", "--out", str(tmp_path / "w.png")])
+    narrow = main(["--run", f"old={old}", "--layer", "1", "--out", str(tmp_path / "n.png")])
+    assert Image.open(wide).size[0] > Image.open(narrow).size[0]  # three panels instead of two

@@ -6,15 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_mae.mae import MaskedAutoencoderViT
 from lightning_mae.masking import (
     SelfGuidedMasking,
     add_hints,
+    degenerate_graph,
+    graph_stats,
     informed_ids_shuffle,
     ncut_bipartition,
     object_similarity,
     pca_bipartition,
     random_ids_shuffle,
 )
+from lightning_mae.pretrain import MAEPretraining
 
 GRID = 8  # 8x8 = 64 patches
 
@@ -232,3 +236,95 @@ def test_ncut_mean_threshold_splits_anisotropic_embeddings():
     assert (z @ z.transpose(1, 2)).min() > 0.2
     obj = ncut_bipartition(z, tau="mean")
     assert all(torch.equal(o, t) or torch.equal(o, ~t) for o, t in zip(obj, truth))
+
+
+# --- the feature source ----------------------------------------------------------------------------
+def tiny_mae() -> MaskedAutoencoderViT:
+    torch.manual_seed(0)
+    return MaskedAutoencoderViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=4, num_heads=2,
+                                decoder_embed_dim=16, decoder_depth=3, decoder_num_heads=2).eval()
+
+
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_decoder_features_are_the_unmasked_decoder_pass(layer):
+    model, imgs = tiny_mae(), torch.randn(3, 1, 16, 16)
+    ran = []
+    for i, blk in enumerate(model.decoder_blocks):
+        blk.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+    z = model.decoder_patch_features(imgs, layer)
+    assert ran == list(range(layer))  # the later decoder blocks never run
+    with torch.no_grad():  # by hand: full encoder, every patch visible (no mask token), then `layer` blocks
+        identity = torch.arange(model.num_patches).expand(3, -1)
+        x = model.decoder_input(model.forward_features(imgs), identity)
+        for blk in model.decoder_blocks[:layer]:
+            x = blk(x)
+    assert z.shape == (3, 16, 16) and not z.requires_grad
+    assert torch.allclose(z, F.normalize(x[:, 1:], dim=-1), atol=1e-6)
+
+
+def test_decoder_source_makes_the_masks_from_the_decoder_features():
+    model, imgs = tiny_mae(), torch.randn(4, 1, 16, 16)
+    masking = SelfGuidedMasking(start_epoch=0, source="decoder", source_layer=2, tau="mean")
+    ids = masking(imgs, model, epoch=0, generator=torch.Generator().manual_seed(1))
+    expected = informed_ids_shuffle(model.decoder_patch_features(imgs, 2), masking.len_keep(16), tau="mean",
+                                    hint_ratio=masking.hint_start, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ids, expected)
+    assert SelfGuidedMasking(source="decoder").layer(4, decoder_depth=3) == 3  # default: the last decoder block
+    assert SelfGuidedMasking(source="decoder").check(model) == 3
+
+
+def test_encoder_source_is_unchanged():
+    """The default source is the encoder, and its masks are exactly those of the encoder's features."""
+    model, imgs = tiny_mae(), torch.randn(4, 1, 16, 16)
+    for kwargs in ({}, {"source_layer": 1, "tau": "mean"}, {"source_layer": 0, "partition": "pca"}):
+        masking = SelfGuidedMasking(start_epoch=0, **kwargs)
+        assert masking.source == "encoder"
+        info: dict = {}
+        ids = masking(imgs, model, epoch=0, generator=torch.Generator().manual_seed(2), info=info)
+        layer = masking.source_layer if masking.source_layer is not None else model.depth // 2
+        expected = informed_ids_shuffle(model.patch_features(imgs, layer), masking.len_keep(16), masking.partition,
+                                        masking.tau, hint_ratio=masking.hint_start,
+                                        generator=torch.Generator().manual_seed(2))
+        assert torch.equal(ids, expected)
+        assert info["partition"].shape == (4, 16)
+
+
+@pytest.mark.parametrize("source, layer, message", [
+    ("decoder", 4, r"source_layer=4 exceeds the decoder depth 3 \(source='decoder'\): use 0 to 3"),
+    ("encoder", 5, r"source_layer=5 exceeds the encoder depth 4"),
+])
+def test_source_layer_is_checked_against_its_source(source, layer, message):
+    masking = SelfGuidedMasking(source=source, source_layer=layer)
+    with pytest.raises(ValueError, match=message):
+        masking.check(tiny_mae())
+    with pytest.raises(ValueError, match=message):
+        MAEPretraining(tiny_mae(), masking)  # at construction, not at start_epoch
+    with pytest.raises(ValueError, match="source must be 'encoder' or 'decoder'"):
+        SelfGuidedMasking(source="middle")
+
+
+# --- the NCut graph's statistics ---------------------------------------------------------------------
+def test_graph_stats_known_answers():
+    z, obj = two_region_embeddings(batch=2, noise=0.0)  # cosine 1 within a region, 0 across
+    n, inside = 64, 16
+    stats = graph_stats(z @ z.transpose(1, 2), tau=0.5)
+    pairs_within = inside * (inside - 1) + (n - inside) * (n - inside - 1)
+    assert stats["edge_density"].item() == pytest.approx(pairs_within / (n * (n - 1)))
+    # 3072 of the 4032 off-diagonal pairs have similarity 1, the rest 0: q10 = 0, q50 = q90 = 1
+    assert [stats[k].item() for k in ("sim_q10", "sim_q50", "sim_q90")] == pytest.approx([0.0, 1.0, 1.0], abs=1e-6)
+    assert not degenerate_graph(stats["edge_density"].item())
+    complete = graph_stats(z @ z.transpose(1, 2), tau=-0.5)
+    assert complete["edge_density"].item() == 1.0 and degenerate_graph(1.0) and degenerate_graph(0.01)
+
+
+def test_informed_masks_report_the_graph_they_cut():
+    z, obj = two_region_embeddings()
+    info: dict = {}
+    ids = informed_ids_shuffle(z, 16, tau=0.2, info=info)
+    assert torch.equal(ids, informed_ids_shuffle(z, 16, tau=0.2))  # asking for the info changes nothing
+    assert torch.equal(info["partition"], obj) and torch.equal(info["partition"], ncut_bipartition(z, 0.2))
+    assert {k: v.item() for k, v in info.items() if k != "partition"} == pytest.approx(
+        {k: v.item() for k, v in graph_stats(z @ z.transpose(1, 2), 0.2).items()})
+    pca_info: dict = {}
+    informed_ids_shuffle(z, 16, partition="pca", info=pca_info)
+    assert set(pca_info) == {"partition"}  # no graph to describe

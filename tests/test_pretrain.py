@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mae import MAEPretraining, MaskedAutoencoderViT, MaskPanels, SelfGuidedMasking, mask_panel
 from lightning_mae.optim import warmup_cosine
+from lightning_mae.panels import OBJECT_COLOR, REST_COLOR, panel_titles
 from lightning_run import effective_batch_size
 
 
@@ -58,10 +61,11 @@ def test_lr_scales_with_the_effective_batch(tmp_path):
     optimizer = module.trainer.optimizers[0]
     assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(1e-3 * 16 / 256)
     assert optimizer.param_groups[0]["betas"] == (0.9, 0.95)
-    # biases/norms/tokens are not decayed
-    no_decay = {id(p) for p in optimizer.param_groups[1]["params"]}
-    assert id(module.backbone.cls_token) in no_decay and id(module.backbone.norm.weight) in no_decay
-    assert id(module.backbone.blocks[0].attn.qkv.weight) not in no_decay
+    # the MAE reference's weight decay: only 1-D parameters (biases, norms) are exempt, the tokens are decayed
+    assert decay_split(module) == reference_decay_split(module.backbone)
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    assert id(module.backbone.cls_token) in decayed and id(module.backbone.mask_token) in decayed
+    assert id(module.backbone.norm.weight) not in decayed and id(module.backbone.blocks[0].attn.qkv.bias) not in decayed
     # 32 images / 8 per batch / 2 accumulation = 2 optimizer steps per epoch; 4 in all; warm-up = 1 epoch
     assert module.trainer.global_step == 4
     scheduler = module.trainer.lr_scheduler_configs[0]
@@ -70,14 +74,66 @@ def test_lr_scales_with_the_effective_batch(tmp_path):
     assert scheduler.scheduler.lr_lambdas[0](3) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
 
 
+def reference_decay_split(model: nn.Module) -> tuple[set[int], set[int]]:
+    """(decayed, exempt) parameter ids as facebookresearch/mae's main_pretrain.py groups them: timm's
+    ``add_weight_decay`` with an empty skip list, which exempts trainable parameters that are 1-D or
+    named ``*.bias`` and decays every other trainable one."""
+    decay, exempt = set(), set()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (exempt if param.ndim == 1 or name.endswith(".bias") else decay).add(id(param))
+    return decay, exempt
+
+
+def decay_split(module: MAEPretraining) -> tuple[set[int], set[int]]:
+    """(decayed, exempt) ids of the backbone's parameters in the module's optimizer (the probe's left out)."""
+    backbone = {id(p) for p in module.backbone.parameters()}
+    decay, exempt = set(), set()
+    for group in module.trainer.optimizers[0].param_groups:
+        (decay if group["weight_decay"] > 0 else exempt).update(id(p) for p in group["params"] if id(p) in backbone)
+    return decay, exempt
+
+
+def test_no_weight_decay_tokens_exempts_the_tokens(tmp_path):
+    module = tiny_module(no_weight_decay_tokens=True, num_classes=0)
+    trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, Data())
+    decay, exempt = decay_split(module)
+    ref_decay, ref_exempt = reference_decay_split(module.backbone)
+    tokens = {id(module.backbone.cls_token), id(module.backbone.mask_token)}
+    assert tokens <= ref_decay  # decayed by the reference ...
+    assert decay == ref_decay - tokens and exempt == ref_exempt | tokens  # ... and only they move
+
+
+def test_a_checkpoint_from_before_the_option_resumes_with_its_groups(tmp_path):
+    # Before the option existed the tokens were exempt, i.e. today's no_weight_decay_tokens=True groups.
+    old = tiny_module(no_weight_decay_tokens=True, num_classes=0)
+    t = trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    t.fit(old, Data())
+    ckpt = tmp_path / "old.ckpt"
+    t.save_checkpoint(ckpt)
+    state = torch.load(ckpt, weights_only=True)
+    del state["hyper_parameters"]["no_weight_decay_tokens"]
+    torch.save(state, ckpt)
+    resumed = tiny_module(num_classes=0)  # the new default would not fit the saved optimizer state
+    with pytest.warns(UserWarning, match="predates `no_weight_decay_tokens`"):
+        trainer(tmp_path, max_epochs=2, limit_train_batches=1, limit_val_batches=0).fit(resumed, Data(),
+                                                                                          ckpt_path=ckpt)
+    assert resumed.hparams.no_weight_decay_tokens and resumed.trainer.global_step == 2
+    assert id(resumed.backbone.cls_token) in decay_split(resumed)[1]
+
+
 def test_probe_sees_detached_features():
     module = tiny_module()
     imgs = torch.randn(4, 1, 16, 16)
     out = module.backbone(imgs, torch.arange(16).expand(4, -1), 4)
     assert out.latent.requires_grad and not module._probe_features(imgs, out.latent).requires_grad
-    full = tiny_module(probe_features="full")
-    feats = full._probe_features(imgs, out.latent)
-    assert feats.shape == (4, 32) and not feats.requires_grad
+    # the default probes the unmasked image (comparable between MAE and SG-MAE); "visible" the masked pass
+    assert module.hparams.probe_features == "full"
+    with torch.no_grad():
+        assert torch.equal(module._probe_features(imgs, out.latent), module.backbone.forward_features(imgs)[:, 0])
+    visible = tiny_module(probe_features="visible")
+    feats = visible._probe_features(imgs, out.latent)
+    assert feats.shape == (4, 32) and not feats.requires_grad and torch.equal(feats, out.latent[:, 0])
 
 
 class Recorder(pl.Callback):
@@ -118,13 +174,61 @@ def test_resume_keeps_the_masking_schedule(tmp_path):
     assert resumed.seen == {2: full.seen[2], 3: full.seen[3]}  # informed from the first resumed epoch
 
 
-def test_mask_panel_columns():
+def two_region_images(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """16x16 images (4x4 patches of 4 px): a bright 2x2-patch square on a dark background, at a different
+    place in each image; and the square's patches ``[n, 16]``."""
+    imgs, squares = torch.full((n, 1, 16, 16), -20.0), torch.zeros(n, 4, 4, dtype=torch.bool)
+    for b in range(n):
+        r, c = b % 3, (2 * b) % 3
+        imgs[b, :, 4 * r:4 * r + 8, 4 * c:4 * c + 8] = 20.0
+        squares[b, r:r + 2, c:c + 2] = True
+    return imgs, squares.flatten(1)
+
+
+def test_mask_panel_is_large_titled_and_shows_the_partition():
     module = tiny_module()
-    imgs = torch.randn(3, 1, 16, 16)
+    module.masking = SelfGuidedMasking(start_epoch=1, source_layer=0, tau="mean")  # the patch embedding
+    imgs, squares = two_region_images()
     panel = mask_panel(module.backbone, module.masking, imgs, epoch=0, max_epochs=4)
-    # 3 rows of 4 tiles of 16 px with 2 px padding
-    assert panel.shape == (3, 3 * 18 + 2, 4 * 18 + 2)
+    # 3 rows of 5 tiles, 16 px enlarged x7 (nearest) to 112 px, 2 px padding, under a title strip
+    tile, columns = 112, 5
+    assert panel_titles(module.masking) == ["input", "random mask", "informed mask", "reconstruction",
+                                            "NCut partition"]
+    assert panel.shape[2] == columns * (tile + 2) + 2
+    header = panel.shape[1] - (3 * (tile + 2) + 2)
+    assert 10 <= header <= 40 and (panel[:, :header] < 0.5).any()  # the titles are drawn
     assert 0.0 <= panel.min() and panel.max() <= 1.0
+    untitled = mask_panel(module.backbone, module.masking, imgs, epoch=0, max_epochs=4, titles=False)
+    assert untitled.shape == (3, 3 * (tile + 2) + 2, columns * (tile + 2) + 2)
+    assert torch.equal(untitled, panel[:, header:])
+    # the last column: the two regions in the two colours, patch by patch (the square is the object side)
+    colors = {OBJECT_COLOR: True, REST_COLOR: False}
+    for b in range(3):
+        top, left = 2 + b * (tile + 2), 2 + 4 * (tile + 2)
+        part = untitled[:, top:top + tile, left:left + tile]
+        cells = part[:, tile // 8::tile // 4, tile // 8::tile // 4].reshape(3, 16).T  # one pixel per patch
+        seen = [colors[tuple(round(v, 2) for v in rgb.tolist())] for rgb in cells]
+        assert seen == squares[b].tolist()
+        assert len({tuple(px.tolist()) for px in part.reshape(3, -1).T}) == 2  # two colours, nothing else
+
+
+def test_informed_masks_log_the_graph_and_warn_once_when_it_is_degenerate(tmp_path):
+    module = tiny_module(start_epoch=0)
+    module.masking = SelfGuidedMasking(start_epoch=0, tau=-1.0)  # every pair is an edge: a complete graph
+    logger = CSVLogger(tmp_path, name="graph")
+    with pytest.warns(UserWarning, match=r"nearly complete \(edge density 1.000.*tau=-1.0.*tau: mean") as record:
+        trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0, logger=logger,
+                log_every_n_steps=1).fit(module, Data())
+    assert sum("NCut graph" in str(w.message) for w in record) == 1  # once, not per epoch or step
+    logged = (tmp_path / "graph" / "version_0" / "metrics.csv").read_text()
+    for key in ("mask/edge_density", "mask/sim_q10", "mask/sim_q50", "mask/sim_q90"):
+        assert key in logged
+
+    calm = tiny_module(start_epoch=0)
+    calm.masking = SelfGuidedMasking(start_epoch=0, tau="mean")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*NCut graph.*")
+        trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(calm, Data())
 
 
 def test_panels_are_png_files_without_wandb(tmp_path):

@@ -1,8 +1,9 @@
 """Overlay the clustering curves of several runs: ``python -m lightning_mae.analysis.compare``.
 
 Reads the ``metrics.csv`` that ``python -m lightning_mae.analysis.figures`` writes for each run (one row per
-checkpoint) and draws, for one encoder layer, the bi-partition gap and the KL of the token relations
-to the run's last checkpoint against the epoch, one line per run::
+checkpoint) and draws, for one encoder layer, the bi-partition gap (on cosine edges, and on attention edges
+when the runs' ``metrics.csv`` have it) and the KL of the token relations to the run's last checkpoint
+against the epoch, one line per run::
 
     python -m lightning_mae.analysis.compare --run MAE=runs/analysis/mae --run SG-MAE=runs/analysis/sgmae \
         --layer 3 --out runs/analysis/compare.png
@@ -20,11 +21,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CURVES = (("gap", "bi-partition gap µintra − µinter"), ("kl_last", "KL(token relations of last ‖ epoch)"))
+CURVES = (("gap", "bi-partition gap µintra − µinter, cosine"),
+          ("gap_attn", "bi-partition gap µintra − µinter, attention"),
+          ("kl_last", "KL(token relations of last ‖ epoch)"))
+OPTIONAL = {"gap_attn"}  # absent from metrics.csv files written before it existed, or without attention
 
 
 def read_curves(folder: Path, layer: int) -> dict[str, list[tuple[int, float]]]:
-    """``{"gap": [(epoch, value), ...], "kl_last": [...]}`` of ``folder/metrics.csv`` at ``enc{layer}``."""
+    """``{"gap": [(epoch, value), ...], "gap_attn": [...], "kl_last": [...]}`` of ``folder/metrics.csv`` at
+    ``enc{layer}`` (``gap_attn`` is left out when the file has no such column)."""
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(
@@ -35,6 +40,8 @@ def read_curves(folder: Path, layer: int) -> dict[str, list[tuple[int, float]]]:
     curves: dict[str, list[tuple[int, float]]] = {}
     for name, _ in CURVES:
         key = f"{name}/enc{layer}"
+        if rows and key not in rows[0] and name in OPTIONAL:
+            continue
         if rows and key not in rows[0]:
             raise KeyError(f"{path} has no column {key!r} (layers: 1..depth)")
         curves[name] = [(int(r["epoch"]), float(r[key])) for r in rows if not math.isnan(float(r[key]))]
@@ -43,15 +50,17 @@ def read_curves(folder: Path, layer: int) -> dict[str, list[tuple[int, float]]]:
 
 def compare(runs: dict[str, Path], layer: int, out: Path, starts: dict[str, int] | None = None) -> Path:
     """Write one PNG with a panel per curve; ``starts`` marks each run's first informed epoch."""
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(11, 3.8))
-    for label, folder in runs.items():
-        curves = read_curves(folder, layer)
-        for ax, (name, _) in zip(axes, CURVES):
-            epochs, values = zip(*curves[name]) if curves[name] else ((), ())
+    all_curves = {label: read_curves(folder, layer) for label, folder in runs.items()}
+    shown = [(name, title) for name, title in CURVES if any(name in c for c in all_curves.values())]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 3.8), squeeze=False)
+    axes = axes[0]
+    for label, curves in all_curves.items():
+        for ax, (name, _) in zip(axes, shown):
+            epochs, values = zip(*curves[name]) if curves.get(name) else ((), ())
             (line,) = ax.plot(epochs, values, marker="o", label=label)
             if starts and label in starts:
                 ax.axvline(starts[label] - 0.5, color=line.get_color(), linestyle=":", linewidth=1)
-    for ax, (_, title) in zip(axes, CURVES):
+    for ax, (_, title) in zip(axes, shown):
         ax.set_title(f"{title}, block {layer}", fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)

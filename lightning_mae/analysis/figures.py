@@ -10,9 +10,11 @@ the model of the per-image figures. Writes into ``--out``:
 
 - ``metrics.csv``: one row per checkpoint, every scalar of ``model_report`` plus ``kl_last/enc<i>``;
 - ``fig2_relations.png``: similarity matrix, similarity to the mean patch, cls attention (Fig. 2);
-- ``fig3_clustering.png``: bi-partition gap and per-layer KL to the last checkpoint vs epoch (Fig. 3);
-- ``fig4_exploitation.png``: decoder exploitation rates per layer vs epoch (Fig. 4);
-- ``fig5_informed_masks.png``: input | random mask | informed mask | reconstruction (Fig. 5);
+- ``fig3_clustering.png``: bi-partition gap on cosine and on attention edges, and per-layer KL to the last
+  checkpoint vs epoch (Fig. 3, V);
+- ``fig4_exploitation.png``: decoder exploitation rates per layer vs epoch (Fig. 4); per token by default
+  (equal under uniform attention), ``--exploitation raw`` for the attention shares;
+- ``fig5_informed_masks.png``: input | random mask | informed mask | reconstruction | partition (Fig. 5);
 - ``fig6_attention.png``: mean attention distance and NMI per layer (Fig. 6);
 - ``fig7_properties.png``: high-frequency amplitude per layer and mask-token variance (Fig. 7b, 7c);
 - ``figIII_clusters.png``: Normalized-Cut patch clusters over the images (Fig. III).
@@ -39,6 +41,7 @@ from datamodules.pretraining.fashion_mnist import DEBIAN_DIR, find_idx, read_idx
 from datamodules.pretraining.fashion_mnist import MEAN as FMNIST_MEAN
 from datamodules.pretraining.fashion_mnist import STD as FMNIST_STD
 from lightning_mae.analysis.metrics import (
+    ExploitationNorm,
     Report,
     model_report,
     relation_kl_per_layer,
@@ -207,11 +210,15 @@ def _layer_colors(n: int) -> list:
 
 
 def fig_clustering(epochs: list[int], rows: list[dict[str, float]], path: Path) -> Path:
-    """Fig. 3: (a) µintra − µinter per encoder layer vs epoch, (b) KL to the last checkpoint per layer."""
-    fig = Figure(figsize=(11, 4))
-    ax_gap, ax_kl = fig.subplots(1, 2)
-    for ax, family, title in ((ax_gap, "gap", "(a) bi-partition gap µintra − µinter"),
-                              (ax_kl, "kl_last", "(b) KL(token relations of last ‖ epoch)")):
+    """Fig. 3 (and V): (a) µintra − µinter per encoder layer vs epoch on cosine edges and on attention edges
+    (if measured), (b) KL to the last checkpoint per layer."""
+    panels = [("gap", "(a) bi-partition gap µintra − µinter, cosine edges")]
+    if any(k.startswith("gap_attn/") for k in rows[0]):
+        panels.append(("gap_attn", "(a) bi-partition gap µintra − µinter, attention edges"))
+    panels.append(("kl_last", "(b) KL(token relations of last ‖ epoch)"))
+    fig = Figure(figsize=(5.5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (family, title) in zip(axes, panels):
         series = _series(rows, family)
         for (layer, values), color in zip(series.items(), _layer_colors(len(series))):
             ax.plot(epochs, values, marker="o", color=color, label=layer)
@@ -219,15 +226,18 @@ def fig_clustering(epochs: list[int], rows: list[dict[str, float]], path: Path) 
     return _save(fig, path)
 
 
-def fig_exploitation(epochs: list[int], rows: list[dict[str, float]], path: Path) -> Path:
-    """Fig. 4: attention share of masked queries on visible tokens (solid) and mask tokens (dashed)."""
+def fig_exploitation(epochs: list[int], rows: list[dict[str, float]], path: Path,
+                     normalization: ExploitationNorm = "per_token") -> Path:
+    """Fig. 4: attention of masked queries on visible tokens (solid) and mask tokens (dashed), per token of
+    each kind (``"per_token"``) or as the share of each kind (``"raw"``)."""
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     visible, mask = _series(rows, "exploit_visible"), _series(rows, "exploit_mask")
     for (layer, values), color in zip(visible.items(), _layer_colors(len(visible))):
         ax.plot(epochs, values, marker="o", color=color, label=f"visible → masked, {layer}")
         ax.plot(epochs, mask[layer], marker="s", linestyle="--", color=color, label=f"mask → masked, {layer}")
-    ax.set_xlabel("epoch"), ax.set_ylabel("attention share"), ax.set_title("decoder exploitation rate", fontsize=10)
+    ylabel = "attention per token (uniform: all equal)" if normalization == "per_token" else "attention share"
+    ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.set_title("decoder exploitation rate", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -265,14 +275,15 @@ def fig_clusters(imgs: Tensor, report: Report, layer: int, tau: float | str, eps
 
 
 def fig_masks(model: MaskedAutoencoderViT, masking: SelfGuidedMasking, imgs: Tensor, epoch: int, path: Path) -> Path:
-    """Fig. 5: ``panels.mask_panel`` of the last checkpoint."""
+    """Fig. 5: ``panels.mask_panel`` of the last checkpoint (titled columns), at its own pixel size."""
     panel = mask_panel(model, masking, imgs, epoch).permute(1, 2, 0).numpy()
-    fig = Figure(figsize=(6, 1.5 * len(imgs)))
-    ax = fig.subplots()
-    ax.imshow(panel)
+    dpi = 100
+    fig = Figure(figsize=(panel.shape[1] / dpi, panel.shape[0] / dpi), dpi=dpi)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(panel, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title("input | random mask | informed mask | reconstruction", fontsize=9)
-    return _save(fig, path)
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -289,11 +300,12 @@ def write_csv(path: Path, checkpoints: list[Checkpoint], rows: list[dict[str, fl
 def analyze(
     ckpts: list[str], out: str | Path, images: str = "fashion-mnist", num_images: int = 8, norm: str = "auto",
     temperature: float = 0.1, mask_ratio: float | None = None, layer: int | None = None, seed: int = 0,
-    device: str = "cpu", tau: float | str | None = "mean",
+    device: str = "cpu", tau: float | str | None = "mean", exploitation: ExploitationNorm = "per_token",
 ) -> list[Path]:
     """Measure every checkpoint and write ``metrics.csv`` and the figures into ``out``; returns the files.
 
     ``tau``: NCut threshold of the gap and cluster figures (``"mean"``: per image); ``None`` = the run's.
+    ``exploitation``: ``"per_token"`` or ``"raw"`` exploitation rates (``analysis.exploitation_rates``).
     """
     metas = [read_pretraining_checkpoint(c)[0] for c in ckpts]  # memory-mapped: cheap, fails early
     check_same_architecture(metas)
@@ -318,7 +330,8 @@ def analyze(
     relations: list[list[Tensor]] = []
     for meta in metas:  # one model in memory at a time
         model = build_model(meta, read_pretraining_checkpoint(meta.path)[1]).to(device)
-        report = model_report(model, imgs, ids_shuffle, len_keep, temperature, masking.tau, masking.eps)
+        report = model_report(model, imgs, ids_shuffle, len_keep, temperature, masking.tau, masking.eps,
+                              exploitation=exploitation)
         rows.append(dict(report.scalars))
         relations.append(report.relations)
     for row, rel in zip(rows, relations):
@@ -329,7 +342,7 @@ def analyze(
     files = [write_csv(out / "metrics.csv", metas, rows)]
     files.append(fig_relations(imgs, report, layer, out / "fig2_relations.png"))
     files.append(fig_clustering(epochs, rows, out / "fig3_clustering.png"))
-    files.append(fig_exploitation(epochs, rows, out / "fig4_exploitation.png"))
+    files.append(fig_exploitation(epochs, rows, out / "fig4_exploitation.png", exploitation))
     files.append(fig_masks(model, masking, imgs, metas[-1].epoch, out / "fig5_informed_masks.png"))
     files.append(fig_per_layer(epochs, rows, [("attn_dist", "mean attention distance (pixels)"),
                                                ("attn_nmi", "attention NMI")], out / "fig6_attention.png"))
@@ -357,12 +370,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--tau", type=lambda v: v if v in ("mean", "run") else float(v), default="mean",
                         help="NCut threshold of the gap and cluster figures: a cosine, 'mean' (per image) or "
                              "'run' (the run's masking.tau)")
+    parser.add_argument("--exploitation", choices=["per_token", "raw"], default="per_token",
+                        help="decoder exploitation rates: attention per visible/mask/cls token (equal under "
+                             "uniform attention; default) or the raw attention share of each kind")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
     files = analyze(args.ckpts, args.out, args.images, args.num_images, args.norm, args.temperature,
-                    args.mask_ratio, args.layer, args.seed, args.device, None if args.tau == "run" else args.tau)
+                    args.mask_ratio, args.layer, args.seed, args.device, None if args.tau == "run" else args.tau,
+                    args.exploitation)
     print("\n".join(["Wrote:", *(f"  {f}" for f in files)]))
     return files
 

@@ -3,10 +3,11 @@
 Every metric takes tensors (or a model and a batch) and returns tensors; nothing here needs a Trainer.
 
 - Patch-embedding geometry: ``feature_variance`` (σF) and ``similarity_variance`` (σs) of Table 1, the
-  Normalized-Cut ``bipartition_gap`` µintra − µinter of Fig. 3a, ``token_relations`` / ``relation_kl``
-  of Fig. 3b, ``fourier_amplitude`` of Fig. 7b.
+  Normalized-Cut ``bipartition_gap`` µintra − µinter on cosine edges (Fig. 3a, V a), ``token_relations`` /
+  ``relation_kl`` of Fig. 3b, ``fourier_amplitude`` of Fig. 7b.
 - Attention: ``attention_maps`` recomputes a timm ``Block``'s attention probabilities;
-  ``attention_distance`` and ``attention_nmi`` (Fig. 6, 7a), ``exploitation_rates`` of the decoder (Fig. 4).
+  ``attention_bipartition_gap`` (µintra − µinter on attention edges, Fig. 3a, V b), ``attention_distance``
+  and ``attention_nmi`` (Fig. 6, 7a), ``exploitation_rates`` of the decoder (Fig. 4).
 - Model passes: ``encoder_trace`` / ``decoder_trace`` re-run ``MaskedAutoencoderViT``'s encoder and
   decoder block by block (tests check they reproduce the model's own outputs), and ``model_report``
   gathers every metric of one model on one probe batch as flat ``{"family/layer": value}`` scalars.
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_mae.masking import ncut_bipartition
+from lightning_mae.masking import ncut_bipartition, ncut_split
 from lightning_mae.relations import relation_kl, token_relations  # noqa: F401  (re-exported)
 
 
@@ -66,12 +67,17 @@ def bipartition_gap(
     sim = similarity_matrix(z)
     if clusters is None:
         clusters = ncut_bipartition(F.normalize(z.float(), dim=-1), tau, eps)
+    return _gap(sim, clusters)
+
+
+def _gap(edges: Tensor, clusters: Tensor) -> Tensor:
+    """Mean edge weight within the clusters minus across them, per image, over pairs of distinct patches."""
     same = clusters[:, :, None] == clusters[:, None, :]
-    intra = same & ~torch.eye(z.shape[1], dtype=torch.bool, device=z.device)
+    intra = same & ~torch.eye(edges.shape[-1], dtype=torch.bool, device=edges.device)
     inter = ~same
 
     def mean_over(pairs: Tensor) -> Tensor:
-        return (sim * pairs).sum((1, 2)) / pairs.sum((1, 2))  # 0/0 = NaN for an empty set of pairs
+        return (edges * pairs).sum((1, 2)) / pairs.sum((1, 2))  # 0/0 = NaN for an empty set of pairs
 
     return mean_over(intra) - mean_over(inter)
 
@@ -121,6 +127,31 @@ def patch_attention(attn: Tensor, num_prefix_tokens: int = 1) -> Tensor:
     return a / a.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
+def attention_edges(attn: Tensor, num_prefix_tokens: int = 1) -> Tensor:
+    """Symmetric patch-to-patch edge weights ``[B, N, N]`` of one layer's attention ``[B, H, T, T]``:
+    ``patch_attention`` (cls dropped, rows renormalised over the patches) averaged over heads, then
+    ``(A + A^T) / 2``. Uniform attention gives 1/N everywhere."""
+    a = patch_attention(attn.float(), num_prefix_tokens).mean(1)
+    return (a + a.transpose(1, 2)) / 2
+
+
+def attention_bipartition_gap(
+    attn: Tensor, clusters: Tensor | None = None, eps: float = 1e-5, num_prefix_tokens: int = 1,
+) -> Tensor:
+    """µintra − µinter per image ``[B]`` on the attention graph of one layer (the paper's "attention score"
+    variant of Fig. 3a / Fig. V b; ``bipartition_gap`` is the cosine one).
+
+    Edges are ``attention_edges(attn)``: the layer's attention probabilities between patch tokens, averaged
+    over heads and symmetrised, so they are in units of attention probability (1/N for uniform attention).
+    ``clusters`` (bool ``[B, N]``) defaults to the Normalized Cut of that attention graph itself, each image
+    thresholded at its mean edge weight (``masking.ncut_split(..., tau="mean")``). NaN if one side is empty.
+    """
+    edges = attention_edges(attn, num_prefix_tokens)
+    if clusters is None:
+        clusters = ncut_split(edges, "mean", eps)
+    return _gap(edges, clusters)
+
+
 def patch_distances(grid: int, patch_size: int = 1, device: torch.device | str | None = None) -> Tensor:
     """Euclidean distances ``[N, N]`` in pixels between the centres of the patches of a ``grid x grid`` image."""
     rows, cols = torch.meshgrid(torch.arange(grid, device=device), torch.arange(grid, device=device), indexing="ij")
@@ -154,23 +185,32 @@ def attention_nmi(attn: Tensor) -> Tensor:
 
 
 class Exploitation(NamedTuple):
-    visible: Tensor  # share of the masked queries' attention on visible tokens
+    visible: Tensor  # the masked queries' attention on visible tokens (per token, or their raw share)
     mask: Tensor  # ... on mask tokens
     cls: Tensor  # ... on the cls token
 
 
-def exploitation_rates(attn: Tensor, mask: Tensor, per_key: bool = False) -> Exploitation:
+ExploitationNorm = Literal["per_token", "raw"]
+
+
+def exploitation_rates(attn: Tensor, mask: Tensor, normalization: ExploitationNorm = "per_token") -> Exploitation:
     """How much the decoder's queries at masked positions attend to visible tokens, mask tokens and cls.
 
     ``attn`` ``[B, H, 1 + N, 1 + N]`` is a decoder layer's attention in the decoder's token order (cls,
     then the N patches in image order); ``mask`` ``[B, N]`` is 1 at masked patches. For every query at a
     masked position, its attention mass is summed over the visible patches' keys, the mask tokens' keys
-    and the cls key (the three sum to 1); each is averaged over those queries, heads and images. Under
-    uniform attention the shares are the key counts over 1 + N (visible, masked, 1 for cls), so at 75%
-    masking the mask tokens start with about three times the visible tokens' share. ``per_key=True``
-    divides each share by its fraction of the keys, so 1 means "as much as uniform attention" (the
-    paper's normalisation was not confirmed; the default is the raw share).
+    and the cls key (the three shares sum to 1).
+
+    ``normalization="per_token"`` (default) divides each share by the number of keys of that kind in the
+    image (visible patches, masked patches, 1 for cls): the attention one token of that kind gets, so
+    uniform attention gives equal rates (``1 / (1 + N)`` each) and the rates compare kinds of tokens, not
+    their counts; this is what lets mask tokens overtake visible ones (the paper's Fig. 4). ``"raw"``
+    keeps the shares: under uniform attention they are the key counts over 1 + N, so at 75% masking
+    the mask tokens start with three times the visible tokens' share. Either is averaged over the masked
+    queries, heads and images (an image without a visible or masked patch counts 0 for that kind).
     """
+    if normalization not in ("per_token", "raw"):
+        raise ValueError(f"normalization must be 'per_token' or 'raw', got {normalization!r}")
     a = attn.float().mean(1)  # [B, T, T], heads averaged
     masked = mask.bool()
     no_cls = torch.zeros_like(masked[:, :1])
@@ -179,14 +219,12 @@ def exploitation_rates(attn: Tensor, mask: Tensor, per_key: bool = False) -> Exp
     to_mask = (a * key_mask[:, None]).sum(-1)  # [B, T] per query
     to_visible = (a * key_visible[:, None]).sum(-1)
     to_cls = a[..., 0]
+    if normalization == "per_token":  # per image: divide by that image's count of keys of each kind
+        to_visible = to_visible / key_visible.sum(1, keepdim=True).clamp_min(1.0)
+        to_mask = to_mask / key_mask.sum(1, keepdim=True).clamp_min(1.0)
     queries = key_mask  # the masked positions
     n_queries = queries.sum()
-    rates = [(r * queries).sum() / n_queries for r in (to_visible, to_mask, to_cls)]
-    if per_key:
-        t = a.shape[-1]
-        fractions = (key_visible.sum(1).mean() / t, key_mask.sum(1).mean() / t, 1.0 / t)
-        rates = [r / f for r, f in zip(rates, fractions)]
-    return Exploitation(*rates)
+    return Exploitation(*((r * queries).sum() / n_queries for r in (to_visible, to_mask, to_cls)))
 
 
 # --- model passes -------------------------------------------------------------------------------
@@ -265,6 +303,7 @@ class Report(NamedTuple):
 def model_report(
     model: nn.Module, imgs: Tensor, ids_shuffle: Tensor, len_keep: int, temperature: float = 0.1,
     tau: float | Literal["mean"] = "mean", eps: float = 1e-5, attention: bool = True,
+    exploitation: ExploitationNorm = "per_token",
 ) -> Report:
     """Every metric of one ``MaskedAutoencoderViT`` on one probe batch.
 
@@ -272,10 +311,13 @@ def model_report(
     ``ids_shuffle``/``len_keep`` (a fixed mask makes checks comparable). Scalars, per layer:
 
     - ``sigma_f``, ``sigma_s``: Table 1 (encoder and decoder patch tokens);
-    - ``gap``: µintra − µinter of the NCut bi-partition (encoder);
+    - ``gap``: µintra − µinter of the NCut bi-partition, cosine edges (encoder);
+    - ``gap_attn``: the same on the attention graph of that block (``attention_bipartition_gap``; encoder,
+      if ``attention``);
     - ``fourier_high``: relative log amplitude at the highest frequency (encoder);
     - ``attn_dist`` (pixels), ``attn_nmi``: patch-to-patch attention (encoder and decoder), if ``attention``;
     - ``exploit_visible``, ``exploit_mask``, ``exploit_cls``: decoder, if ``attention``;
+      ``exploitation_rates`` with ``normalization=exploitation`` (per token by default);
     - ``mask_var``: σF of the mask tokens' embeddings (decoder, Fig. 7c).
     """
     imgs = imgs.to(next(model.parameters()).dtype)
@@ -304,9 +346,11 @@ def model_report(
                 pa = patch_attention(a)
                 out[f"attn_dist/{name}{i}"] = attention_distance(pa, patch)
                 out[f"attn_nmi/{name}{i}"] = attention_nmi(pa)
+        for i, a in enumerate(enc.attn, 1):  # block i's attention, beside gap/enc{i} (block i's output)
+            out[f"gap_attn/enc{i}"] = attention_bipartition_gap(a, eps=eps).nanmean()
         mask = mask_from_ids(ids_shuffle, len_keep)
         for i, a in enumerate(dec.attn, 1):
-            rates = exploitation_rates(a, mask)
+            rates = exploitation_rates(a, mask, exploitation)
             out[f"exploit_visible/dec{i}"], out[f"exploit_mask/dec{i}"], out[f"exploit_cls/dec{i}"] = rates
     scalars = dict(zip(out, torch.stack(list(out.values())).tolist()))  # one device sync, not one per metric
     return Report(scalars, layer_relations(tokens, temperature), enc, dec)

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_debug
 from torch import Tensor
 
-from lightning_mae.analysis.metrics import model_report, relation_kl_per_layer
+from lightning_mae.analysis.metrics import ExploitationNorm, model_report, relation_kl_per_layer
 from lightning_mae.masking import random_ids_shuffle
 from lightning_mae.pretrain import MAEPretraining, split_batch
 
@@ -18,7 +18,8 @@ from lightning_mae.pretrain import MAEPretraining, split_batch
 class AnalysisMonitor(pl.Callback):
     """Computes ``model_report`` on a fixed probe batch at the start of training (the epoch-0
     baseline) and after every ``every_n_epochs`` epochs, and logs it through every logger as
-    ``analysis/<family>/<layer>`` (e.g. ``analysis/gap/enc3``, ``analysis/exploit_mask/dec1``), plus
+    ``analysis/<family>/<layer>`` (e.g. ``analysis/gap/enc3``, ``analysis/gap_attn/enc3``,
+    ``analysis/exploit_mask/dec1``), plus
     ``analysis/kl_prev/enc<i>``: KL(previous check || this check) of each encoder layer's token
     relations, the model's own trajectory (Fig. 3b).
 
@@ -36,7 +37,10 @@ class AnalysisMonitor(pl.Callback):
             ``masking.ncut_bipartition``).
         eps: edge weight below ``tau``.
         mask_ratio: masking of the decoder metrics; ``None`` = the module's ``masking.mask_ratio``.
-        attention: also compute the attention metrics (distance, NMI, exploitation rates).
+        attention: also compute the attention metrics (distance, NMI, attention gap, exploitation rates).
+        exploitation: ``"per_token"`` (default): the decoder's exploitation rates are the attention per
+            visible / mask / cls token, equal under uniform attention; ``"raw"``: the attention shares
+            (``analysis.exploitation_rates``).
         seed: seed of the probe's random masks.
     """
 
@@ -50,6 +54,7 @@ class AnalysisMonitor(pl.Callback):
         mask_ratio: float | None = None,
         attention: bool = True,
         seed: int = 0,
+        exploitation: ExploitationNorm = "per_token",
     ) -> None:
         if every_n_epochs < 1 or num_images < 1:
             raise ValueError(f"every_n_epochs and num_images must be >= 1, got {every_n_epochs}, {num_images}")
@@ -57,6 +62,9 @@ class AnalysisMonitor(pl.Callback):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if mask_ratio is not None and not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if exploitation not in ("per_token", "raw"):
+            raise ValueError(f"exploitation must be 'per_token' or 'raw', got {exploitation!r}")
+        self.exploitation = exploitation
         self.every_n_epochs, self.num_images, self.temperature = every_n_epochs, num_images, temperature
         self.tau, self.eps, self.mask_ratio, self.attention, self.seed = tau, eps, mask_ratio, attention, seed
         self.images: Tensor | None = None  # the probe, on the CPU
@@ -112,7 +120,7 @@ class AnalysisMonitor(pl.Callback):
             len_keep = int(backbone.num_patches * (1 - ratio))
             report = model_report(
                 backbone, self.images.to(module.device), self.ids_shuffle.to(module.device), len_keep,
-                self.temperature, self.tau, self.eps, self.attention,
+                self.temperature, self.tau, self.eps, self.attention, self.exploitation,
             )
         finally:
             for m, mode in modes.items():

@@ -8,7 +8,8 @@ directory (``<out_dir>/<timestamp>``); the table is also logged to W&B as ``down
 Fashion-MNIST (embedded, CPU-sized budget) runs by default; the other datasets run when their
 folder is given, e.g.::
 
-    python -m lightning_mae.downstream.runner --ckpt runs/.../last.ckpt --imagenet /data/imagenet --cub /data/CUB_200_2011
+    python -m lightning_mae.downstream.runner --ckpt runs/.../last.ckpt --imagenet /data/imagenet \
+        --cub /data/CUB_200_2011
 
 Anything after ``--`` is passed to every run, e.g. ``-- --trainer.max_epochs 1``.
 """
