@@ -94,7 +94,7 @@ shards: install
 	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
 
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
-.PHONY: data-inr kodak bench-inr inr-image inr-audio inr-sdf manager
+.PHONY: data-inr kodak bench-inr inr-image inr-audio inr-sdf
 INR_DATA   ?= data
 KODAK_DIR  ?= $(INR_DATA)/kodak
 KODAK_ARGS ?=
@@ -112,14 +112,6 @@ kodak: install
 
 bench-inr: install
 	$(PY) -m benchmarks.inr_speed
-
-# The pretrained manager shipped for the image setting (128² grid, K = 4, random labels): experiments/inr_image.yaml's
-# managers/image_128_k4_random.pt. 3,000 full-batch Adam steps, seed 0: 1-2 s a step on two CPU cores, so an hour
-# or more (MANAGER_ARGS="--device cuda" on a GPU). tests/test_inr_training.py checks that it reproduces the file.
-MANAGER_OUT  ?= lightning_inr/managers/image_128_k4_random.pt
-MANAGER_ARGS ?=
-manager: install
-	$(PY) -m lightning_inr.manager_pretraining --resolution 128 --experts 4 --out $(MANAGER_OUT) $(MANAGER_ARGS)
 
 inr-image: install
 	$(CLI) fit --config experiments/inr_image.yaml

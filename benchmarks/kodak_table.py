@@ -6,12 +6,11 @@
 ``--folder samples/kodak`` is the one Kodak image bundled in the package (kodim19), for a quick try.
 
 Every (image, method) is one ``lightning fit`` of ``experiments/inr_image*.yaml`` in a subprocess,
-with a CSV logger under ``<out>/<method>/<image>``. Neural Experts reuses one pretrained manager
-for every image (random label map, image-independent), as the official code does: the one shipped
-with the package for 128² images and 3,000 steps (``inr_image.yaml``'s default), else one pretrained
-once by ``python -m lightning_inr.manager_pretraining`` (``--size``, ``--pretrain-steps``). The table
-(``<out>/table.md``) is rewritten after every run, so a partial sweep still leaves a table. PSNR is
-on [0, 1] (the official code's PSNR on [−1, 1] data reads 6.02 dB lower, see metrics.official_psnr).
+with a CSV logger under ``<out>/<method>/<image>``. Neural Experts first pretrains its manager once
+(``--pretrain-steps``, random label map, image-independent) and every image reuses it, as the
+official code does. The table (``<out>/table.md``) is rewritten after every run, so a partial
+sweep still leaves a table. PSNR is on [0, 1] (the official code's PSNR on [−1, 1] data reads
+6.02 dB lower, see metrics.official_psnr).
 """
 
 from __future__ import annotations
@@ -57,17 +56,19 @@ def _common(args: argparse.Namespace, image: str, root: Path, steps: int) -> lis
     return out
 
 
-def pretrain_manager(args: argparse.Namespace) -> Path | None:
-    """The Neural Experts manager every image reuses (image-independent with a random label map): ``None`` for
-    the one shipped for 128² images (the config's default), else a file pretrained once for ``--size``."""
-    size = args.size or 128  # Kodak: Lanczos ×4 and the centre crop give 128×128
-    if size == 128 and args.pretrain_steps == 3000:
-        return None
-    ckpt = Path(args.out) / f"pretrained_manager_{size}_{args.pretrain_steps}.pt"
+def pretrain_manager(args: argparse.Namespace, image: str) -> Path:
+    """Pretrain the Neural Experts manager once (image-independent with a random label map)."""
+    ckpt = Path(args.out) / "pretrained_manager.pt"
     if ckpt.exists():
         return ckpt
-    cmd = [sys.executable, "-m", "lightning_inr.manager_pretraining", "--resolution", str(size), "--experts", "4",
-           "--steps", str(args.pretrain_steps), "--out", str(ckpt)]
+    root = Path(args.out) / "neural_experts" / "_manager_pretraining"
+    cmd = _cli() + ["fit", "--config", METHOD_CONFIGS["neural_experts"]]
+    cmd += _common(args, image, root, args.pretrain_steps)
+    cmd += [
+        "--model.init_args.stages=[{name: manager_pretraining, until: 1.0, train: all, objective: manager}]",
+        f"--model.init_args.manager_checkpoint={ckpt}",
+        "--model.init_args.write_outputs=false",
+    ]
     subprocess.run(cmd, check=True)
     if not ckpt.exists():
         raise RuntimeError(f"manager pretraining did not write {ckpt}")
@@ -119,8 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="file names in the folder (default: every PNG the folder holds)")
     parser.add_argument("--methods", nargs="*", default=list(METHOD_CONFIGS), choices=list(METHOD_CONFIGS))
     parser.add_argument("--steps", type=int, default=30000, help="training steps per fit")
-    parser.add_argument("--pretrain-steps", type=int, default=3000,
-                        help="manager pretraining steps (3000: the shipped manager; else pretrained once)")
+    parser.add_argument("--pretrain-steps", type=int, default=3000, help="manager pretraining steps (once)")
     parser.add_argument("--val-every", type=int, default=1000, help="validate every this many steps")
     parser.add_argument("--size", type=int, default=None, help="resize to size×size after the crop (default 128)")
     parser.add_argument("--out", default="runs/kodak", help="output folder")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
     results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
-    manager = pretrain_manager(args) if "neural_experts" in args.methods else None
+    manager = pretrain_manager(args, images[0]) if "neural_experts" in args.methods else None
     for image in images:
         for method in args.methods:
             if image in results.get(method, {}):

@@ -21,31 +21,11 @@ def n_params(module: torch.nn.Module) -> int:
         (lambda: INR(width=512), 642_819),  # SIREN wider
         (lambda: NeuralExperts(), 365_968),  # Neural Experts K = 4
         (lambda: NeuralExperts(conditioning="none"), 349_584),  # naive MoE
-        # the audio and SDF baselines, as their config headers state (inr_audio_siren*.yaml, inr_sdf_siren.yaml)
-        (lambda: INR(1, 1, width=128, first_layer_init="siren"), 99_457),
-        (lambda: INR(1, 1, width=512, first_layer_init="siren"), 641_665),
-        (lambda: INR(3, 1, encoder_width=256, encoder_layers=1, width=256, n_layers=3), 198_657),
     ],
-    ids=["siren", "siren_wider", "neural_experts", "naive_moe", "audio_siren", "audio_siren_wider", "sdf_siren"],
+    ids=["siren", "siren_wider", "neural_experts", "naive_moe"],
 )
 def test_official_parameter_counts(network, expected):
     assert n_params(network()) == expected
-
-
-def test_siren_first_layer_rule_reaches_1d_input_and_nothing_else():
-    torch.manual_seed(0)
-    official = INR(in_dim=1, out_dim=1, encoder_width=64, width=16)
-    torch.manual_seed(0)
-    siren = INR(in_dim=1, out_dim=1, encoder_width=64, width=16, first_layer_init="siren")
-    # SIREN's U(±1/fan_in) = U(±1) for audio, where the official rule gives U(±√6/30) ≈ ±0.082
-    assert official.encoder.mlp.weights[0].abs().max() <= math.sqrt(6) / 30
-    assert 0.9 < siren.encoder.mlp.weights[0].abs().max() <= 1.0
-    for key, value in siren.state_dict().items():  # every other tensor as drawn without the option
-        assert torch.equal(value, official.state_dict()[key]) == (key != "encoder.mlp.weights.0"), key
-    # 2-D/3-D input: both rules are U(±1/fan_in)
-    assert INR(in_dim=3, first_layer_init="siren").encoder.mlp.weights[0].abs().max() <= 1 / 3
-    with pytest.raises(ValueError, match="init='siren'"):
-        INR(activation="softplus", init="kaiming", first_layer_init="siren")
 
 
 def test_batched_experts_equal_a_loop_over_experts():

@@ -354,7 +354,8 @@ class StreamingImageNet(pl.LightningDataModule):
 
 # ---------------------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.pretraining.streaming", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m datamodules.pretraining.streaming",
+                                     description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="ImageFolder tree -> litdata shards of the JPEG bytes")
     convert.add_argument("src", help="ImageFolder root: SRC/<class>/<image>")
