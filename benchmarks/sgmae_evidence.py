@@ -79,7 +79,8 @@ EVALS = {  # key -> label in the table
     "finetune": "fine-tune (Fashion-MNIST)",
     "digits": "transfer linear probe (digits)",
 }
-# The demo's budget (experiments/sgmae_fmnist.yaml); the final-checkpoint check needs the epochs up front.
+# The demo's budget when experiments/sgmae_fmnist.yaml (the base of the three configs) cannot be read; the
+# final-checkpoint check needs the epochs up front, so they are always passed explicitly.
 DEFAULT_EPOCHS, DEFAULT_TRAIN_SUBSET = 6, 16000
 CURVES_FILE = "curves.jsonl"
 CURVE_FAMILIES = (("gap", "bi-partition gap µintra − µinter"),
@@ -711,6 +712,17 @@ def write_outputs(records: list[RunRecord], args: argparse.Namespace, command: s
 
 
 # --- the command ----------------------------------------------------------------------------------------------
+def demo_budget() -> tuple[int, int]:
+    """``(max_epochs, train_subset)`` of ``experiments/sgmae_fmnist.yaml``, the base of the three configs."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(experiment("sgmae_fmnist.yaml").read_text())
+        return int(config["trainer"]["max_epochs"]), int(config["data"]["init_args"]["train_subset"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return DEFAULT_EPOCHS, DEFAULT_TRAIN_SUBSET
+
+
 def _split_args(text: str | None) -> list[str]:
     return shlex.split(text) if text else []
 
@@ -743,9 +755,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="where the pretraining runs go (one folder per budget: runs are reused from here)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--evals", nargs="+", choices=list(EVALS), default=list(EVALS))
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="pretraining epochs (the demo's: 6)")
-    parser.add_argument("--train_subset", type=int, default=DEFAULT_TRAIN_SUBSET,
-                        help="pretraining images per epoch (the demo's: 16000)")
+    epochs, train_subset = demo_budget()
+    parser.add_argument("--epochs", type=int, default=epochs, help=f"pretraining epochs (the demo's: {epochs})")
+    parser.add_argument("--train_subset", type=int, default=train_subset,
+                        help=f"pretraining images per epoch (the demo's: {train_subset})")
     parser.add_argument("--pretrain_args", type=_split_args, default=[],
                         help="more LightningCLI overrides for pretraining, one quoted string")
     parser.add_argument("--eval_args", type=_split_args, default=[],

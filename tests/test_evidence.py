@@ -19,6 +19,7 @@ from benchmarks.sgmae_evidence import (
     CurveRecorder,
     RunRecord,
     Score,
+    batch_limit_problem,
     caveats,
     headline,
     paired_comparison,
@@ -247,6 +248,13 @@ def test_switch_epoch_is_the_logged_one_and_never_when_past_the_last_epoch(tmp_p
     assert switch_epoch(run, {"mask/start_epoch": {4: 3.0, 5: 3.0}}, 6) == (3, "logged mask/start_epoch")
     assert switch_epoch(run, {"mask/start_epoch": {3: 3.0}}, 3) == (None, "logged mask/start_epoch 3: after the "
                                                                             "last epoch")
+
+
+def test_batch_limits_that_limit_nothing_are_refused():
+    # The Trainer types limit_*_batches `float | int`: jsonargparse reads "2" as 2.0, i.e. 200 % of the batches.
+    assert "200% of the batches" in batch_limit_problem(["--trainer.limit_train_batches", "2"])
+    assert batch_limit_problem(["--trainer.limit_val_batches=1"]) is not None
+    assert batch_limit_problem(["--trainer.limit_val_batches", "0.05", "--trainer.max_epochs", "2"]) is None
 
 
 # --- the whole command, tiny budget -------------------------------------------------------------------------
