@@ -159,9 +159,12 @@ class MAEPretraining(pl.LightningModule):
         if self.masking.needs_probe:
             self.masking.set_probe(imgs, self.backbone)
         gen = self._mask_generator(imgs.device, batch_idx)
-        info: dict[str, Tensor] = {}  # the informed mask's partition and NCut graph statistics
+        # The NCut graph statistics cost a sort of every similarity: gather them only on the steps that
+        # log them or check them, not on every step of the hot path.
+        info: dict[str, Tensor] | None = {} if self._graph_stats_wanted() else None
         ids_shuffle = self.masking(imgs, self.backbone, self.current_epoch, self.trainer.max_epochs, gen, info)
-        self._log_graph_stats(info)
+        if info:
+            self._log_graph_stats(info)
         out = self.backbone(imgs, ids_shuffle, self.masking.len_keep(self.backbone.num_patches))
         loss = out.loss
         self.log("train/loss", out.loss, prog_bar=True, on_epoch=True)
@@ -175,6 +178,13 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/probe_loss", probe_loss, on_epoch=True)
             self.log("train/probe_acc", (logits.argmax(-1) == labels).float().mean(), on_epoch=True)
         return loss
+
+    def _graph_stats_wanted(self) -> bool:
+        """This step's stats are logged (Lightning keeps only logging steps' values) or checked (the first
+        informed step of an epoch, until the check has warned)."""
+        if not self._graph_warned and self._graph_checked_epoch != self.current_epoch:
+            return True
+        return (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0
 
     def _log_graph_stats(self, info: dict[str, Tensor]) -> None:
         """Log the NCut graph of this step's informed masks (``mask/sim_q10|q50|q90``, ``mask/edge_density``)
