@@ -288,7 +288,17 @@ def fit(directory: Path, callbacks: list, ckpt_path: Path | None = None, max_ste
     return trainer
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own Ctrl-C handler for the test, whatever an earlier test or the shell left installed (a
+    background job starts with SIGINT ignored; a leftover SIG_DFL would let the test's SIGINT kill pytest)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("how, saved_step", [("raise", 5), ("signal", 6)])
+@pytest.mark.usefixtures("python_sigint_handler")
 def test_ctrl_c_saves_a_checkpoint_to_resume_from(tmp_path, caplog, how, saved_step):
     # "raise": a KeyboardInterrupt reaches Lightning as step 6 begins: the checkpoint holds the 5 completed steps.
     # "signal": the first Ctrl-C lets step 6 finish and saves at its end (what a periodic checkpoint would be).
