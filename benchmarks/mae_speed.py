@@ -3,7 +3,9 @@
 Default mode, what self-guided masking costs: for ViT-B/16 at 224 (batch 8) and the demo model
 (Fashion-MNIST, batch 256), the time of a full training step (masks + forward + backward + AdamW) with
 random masks vs informed masks (ncut and pca, default mid layer), steps interleaved so machine noise
-hits every variant alike; the partition's cost per image; peak memory.
+hits every variant alike; the partition's cost per image; peak memory. Twice: the bare MAE step, and the
+step as the shipped configs train it, with the online linear probe on the unmasked image
+(``probe_features: full``), whose no-grad pass the informed masks then share.
 
 ``--reference``: our MAE step against facebookresearch/mae's ``models_mae.py`` (a copy outside this
 project, its folder holding ``util/pos_embed.py``) at the same config (ViT-B/16, decoder 512x8,
@@ -42,7 +44,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_mae.mae import MaskedAutoencoderViT, mae_vit
 from lightning_mae.masking import SelfGuidedMasking, ncut_bipartition, pca_bipartition, random_ids_shuffle
 from lightning_mae.optim import param_groups_weight_decay
-from lightning_mae.pretrain import adamw
+from lightning_mae.pretrain import adamw, masks_and_encoder_output
+from lightning_mae.probe import LinearProbe
 
 MODELS: dict[str, tuple[Callable[[], MaskedAutoencoderViT], int]] = {
     "vit_b16": (lambda: mae_vit("base", img_size=224), 8),
@@ -51,6 +54,9 @@ MODELS: dict[str, tuple[Callable[[], MaskedAutoencoderViT], int]] = {
                                           decoder_num_heads=4), 256),
 }
 VARIANTS = {"random": None, "informed_ncut": "ncut", "informed_pca": "pca"}
+# The step as the shipped configs train it: plus the online probe on the unmasked image
+# (probe_features: full), whose no-grad pass the informed masks share (masks_and_encoder_output).
+PROBE_VARIANTS = {"random+probe": None, "informed_ncut+probe": "ncut"}
 
 
 def _sync(device: torch.device) -> None:
@@ -77,24 +83,35 @@ def bench_model(name: str, steps: int, device: torch.device, precision: str) -> 
     model = build().to(device)
     imgs = torch.randn(batch, model.in_chans, model.img_size, model.img_size, device=device)
     optimizer = adamw(param_groups_weight_decay(model, 0.05, model.no_weight_decay()), 1e-4, (0.9, 0.95))
+    variants = {**VARIANTS, **PROBE_VARIANTS}
     maskings = {v: SelfGuidedMasking(start_epoch=None if p is None else 0, partition=p or "ncut")
-                for v, p in VARIANTS.items()}
+                for v, p in variants.items()}
+    probe = LinearProbe(model.cls_token.shape[-1], 10).to(device)
+    probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    labels = torch.arange(batch, device=device) % 10
 
-    def step(masking: SelfGuidedMasking) -> None:
+    def step(variant: str, masking: SelfGuidedMasking) -> None:
         with autocast(device, precision):
-            ids = masking(imgs, model, epoch=0, max_epochs=1)
+            if variant in PROBE_VARIANTS:
+                ids, encoded = masks_and_encoder_output(masking, model, imgs, epoch=0, max_epochs=1)
+            else:
+                ids, encoded = masking(imgs, model, epoch=0, max_epochs=1), None
             loss = model(imgs, ids, masking.len_keep(model.num_patches)).loss
+            if encoded is not None:
+                loss = loss + nn.functional.cross_entropy(probe(encoded[:, 0]), labels)
         optimizer.zero_grad(set_to_none=True)
+        probe_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        probe_optimizer.step()
 
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    times: dict[str, list[float]] = {v: [] for v in variants}
     peaks: dict[str, float] = {}
     for rep in range(steps + 1):  # the first round warms up and is dropped
         for variant, masking in maskings.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            dt = _timed(lambda m=masking: step(m), device)
+            dt = _timed(lambda v=variant, m=masking: step(v, m), device)
             if rep > 0:
                 times[variant].append(dt)
             if device.type == "cuda":
@@ -114,7 +131,8 @@ def bench_model(name: str, steps: int, device: torch.device, precision: str) -> 
         "model": name, "batch": batch, "num_patches": model.num_patches, "source_layer": layer,
         "depth": model.depth, "precision": precision, "device": str(device), "steps": steps,
         "step_ms": step_ms,
-        "ratio_vs_random": {v: step_ms[v] / step_ms["random"] for v in VARIANTS},
+        "ratio_vs_random": {v: step_ms[v] / step_ms["random"] for v in VARIANTS}
+        | {v: step_ms[v] / step_ms["random+probe"] for v in PROBE_VARIANTS},
         "feature_pass_ms": feature_ms,
         "partition_us_per_image": partition_us,
     }
@@ -126,15 +144,18 @@ def bench_model(name: str, steps: int, device: torch.device, precision: str) -> 
 
 
 def report(results: list[dict]) -> str:
-    lines = ["| model | batch | N | layer | random ms | ncut ms (x) | pca ms (x) | features ms | "
-             "ncut us/img | pca us/img | peak MiB |", "|" + "---|" * 11]
+    lines = ["| model | precision | batch | N | layer | random ms | ncut ms (x) | pca ms (x) | "
+             "random+probe ms | ncut+probe ms (x) | features ms | ncut us/img | pca us/img | peak MiB |",
+             "|" + "---|" * 14]
     for r in results:
         s, x, p = r["step_ms"], r["ratio_vs_random"], r["partition_us_per_image"]
         peak = r.get("peak_mem_mib", {}).get("informed_ncut") or r.get("process_peak_rss_mib")
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['num_patches']} | {r['source_layer']}/{r['depth']} | "
-            f"{s['random']:.0f} | {s['informed_ncut']:.0f} ({x['informed_ncut']:.2f}x) | "
-            f"{s['informed_pca']:.0f} ({x['informed_pca']:.2f}x) | {r['feature_pass_ms']:.0f} | "
+            f"| {r['model']} | {r['precision']} | {r['batch']} | {r['num_patches']} | "
+            f"{r['source_layer']}/{r['depth']} | {s['random']:.0f} | "
+            f"{s['informed_ncut']:.0f} ({x['informed_ncut']:.2f}x) | "
+            f"{s['informed_pca']:.0f} ({x['informed_pca']:.2f}x) | {s['random+probe']:.0f} | "
+            f"{s['informed_ncut+probe']:.0f} ({x['informed_ncut+probe']:.2f}x) | {r['feature_pass_ms']:.0f} | "
             f"{p['ncut']:.0f} | {p['pca']:.0f} | {peak:.0f} |"
         )
     return "\n".join(lines)

@@ -224,14 +224,33 @@ class MaskedAutoencoderViT(nn.Module):
         return nn.functional.normalize(x[:, 1:].float(), dim=-1)
 
     @torch.no_grad()
-    def decoder_patch_features(self, imgs: Tensor, layer: int) -> Tensor:
+    def features_with_patch_features(self, imgs: Tensor, layer: int) -> tuple[Tensor, Tensor]:
+        """``(forward_features(imgs), patch_features(imgs, layer))`` from one no-grad pass: the training
+        step's online probe and its informed masks share the first ``layer`` blocks (same values)."""
+        if not 0 <= layer <= self.depth:
+            raise ValueError(f"source_layer={layer} is outside [0, depth={self.depth}]")
+        x = self.encoder_input(imgs)
+        z = x
+        for i, blk in enumerate(self.blocks):
+            if i == layer:
+                z = x
+            x = blk(x)
+        if layer == self.depth:
+            z = x
+        return self.norm(x), nn.functional.normalize(z[:, 1:].float(), dim=-1)
+
+    @torch.no_grad()
+    def decoder_patch_features(self, imgs: Tensor, layer: int, encoded: Tensor | None = None) -> Tensor:
         """L2-normalised decoder patch embeddings ``[B, N, D_dec]`` of the full, unmasked image after the first
         ``layer`` decoder blocks: the whole encoder on all patches (``forward_features``), ``decoder_embed``
         plus the decoder position embedding (every patch visible, no mask token), then ``layer`` blocks.
+        ``encoded``: that encoder output, when the caller has it already (no second encoder pass).
         """
         if not 0 <= layer <= len(self.decoder_blocks):
             raise ValueError(f"source_layer={layer} is outside [0, decoder_depth={len(self.decoder_blocks)}]")
-        x = self.decoder_embed(self.forward_features(imgs)) + self.decoder_pos_embed
+        if encoded is None:
+            encoded = self.forward_features(imgs)
+        x = self.decoder_embed(encoded) + self.decoder_pos_embed
         for blk in self.decoder_blocks[:layer]:
             x = blk(x)
         return nn.functional.normalize(x[:, 1:].float(), dim=-1)

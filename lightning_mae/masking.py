@@ -338,6 +338,17 @@ class SelfGuidedMasking(nn.Module):
             return model.decoder_patch_features(imgs, layer)  # type: ignore[attr-defined]
         return model.patch_features(imgs, layer)
 
+    def features_with_encoder_output(self, imgs: Tensor, model: PatchEncoder) -> tuple[Tensor, Tensor]:
+        """``(features(imgs, model), model.forward_features(imgs))`` from one no-grad pass, for a step that
+        needs the unmasked encoder output anyway (the online probe): the masks then cost only the partition."""
+        layer = self.check(model)
+        if self.source == "decoder":
+            with torch.no_grad():
+                encoded = model.forward_features(imgs)  # type: ignore[attr-defined]
+            return model.decoder_patch_features(imgs, layer, encoded), encoded  # type: ignore[attr-defined]
+        encoded, z = model.features_with_patch_features(imgs, layer)  # type: ignore[attr-defined]
+        return z, encoded
+
     def is_informed(self, epoch: int) -> bool:
         return self.informed_from is not None and epoch >= self.informed_from
 
@@ -354,23 +365,24 @@ class SelfGuidedMasking(nn.Module):
 
     def informed_ids(
         self, imgs: Tensor, model: PatchEncoder, hint_ratio: float, generator: torch.Generator | None = None,
-        info: dict[str, Tensor] | None = None,
+        info: dict[str, Tensor] | None = None, features: Tensor | None = None,
     ) -> Tensor:
         """Informed ``ids_shuffle``; ``info`` (optional) receives the partition and graph statistics
-        (see ``informed_ids_shuffle``)."""
+        (see ``informed_ids_shuffle``); ``features``: ``self.features(imgs, model)`` if already computed."""
         return informed_ids_shuffle(
-            self.features(imgs, model), self.len_keep(model.num_patches), self.partition, self.tau, self.eps,
-            hint_ratio, self.hint_selection, generator, info,
+            self.features(imgs, model) if features is None else features, self.len_keep(model.num_patches),
+            self.partition, self.tau, self.eps, hint_ratio, self.hint_selection, generator, info,
         )
 
     def forward(
         self, imgs: Tensor, model: PatchEncoder, epoch: int, max_epochs: int | None = None,
         generator: torch.Generator | None = None, info: dict[str, Tensor] | None = None,
+        features: Tensor | None = None,
     ) -> Tensor:
         """``ids_shuffle`` for this batch at this epoch (random draws from ``generator``). ``info`` is
-        filled only when the mask is informed (``informed_ids``)."""
+        filled only when the mask is informed (``informed_ids``); ``features`` is passed on to it."""
         if self.is_informed(epoch):
-            return self.informed_ids(imgs, model, self.hint_ratio(epoch, max_epochs), generator, info)
+            return self.informed_ids(imgs, model, self.hint_ratio(epoch, max_epochs), generator, info, features)
         return random_ids_shuffle(imgs.shape[0], model.num_patches, imgs.device, generator)
 
     # --- "auto" start ----------------------------------------------------------------------------

@@ -32,6 +32,23 @@ def split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     raise TypeError(f"expected an image tensor or an (images, labels) pair, got {type(batch).__name__}")
 
 
+def masks_and_encoder_output(
+    masking: SelfGuidedMasking, backbone: MaskedAutoencoderViT, imgs: Tensor, epoch: int, max_epochs: int | None,
+    generator: torch.Generator | None = None, info: dict[str, Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """This step's ``ids_shuffle`` and the no-grad encoder output of the unmasked images ``[B, 1 + N, D]``
+    (what the online probe reads with ``probe_features: full``). Informed masks take their features from
+    that same pass (its first ``source_layer`` blocks), so on top of it they cost only the partition;
+    both outputs equal those of separate passes."""
+    if masking.is_informed(epoch):
+        features, encoded = masking.features_with_encoder_output(imgs, backbone)
+    else:
+        features = None
+        with torch.no_grad():
+            encoded = backbone.forward_features(imgs)
+    return masking(imgs, backbone, epoch, max_epochs, generator, info, features), encoded
+
+
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW, with PyTorch's fused kernel when every parameter is on a CPU or CUDA device: one pass
     over the weights per step instead of about ten per tensor (on CPU the default for-loop AdamW is
@@ -127,7 +144,8 @@ class MAEPretraining(pl.LightningModule):
         if probe_features not in ("visible", "full"):
             raise ValueError(f"probe_features must be 'visible' or 'full', got {probe_features!r}")
         self.probe = LinearProbe(self.backbone.cls_token.shape[-1], num_classes) if num_classes else None
-        self.val_probe_acc = MulticlassAccuracy(num_classes) if num_classes else None
+        # top-1 over all images (micro), like the offline probe; torchmetrics' default is the per-class mean
+        self.val_probe_acc = MulticlassAccuracy(num_classes, average="micro") if num_classes else None
 
     def configure_model(self) -> None:
         compile_once(self, self.backbone, bool(self.hparams.get("compile")))
@@ -148,10 +166,12 @@ class MAEPretraining(pl.LightningModule):
         return torch.Generator(device).manual_seed(seed)
 
     # --- steps -------------------------------------------------------------------------------------
-    def _probe_features(self, imgs: Tensor, latent: Tensor) -> Tensor:
+    def _probe_features(self, imgs: Tensor, latent: Tensor, encoded: Tensor | None = None) -> Tensor:
         if self.hparams.probe_features == "full":
-            with torch.no_grad():
-                return self.backbone.forward_features(imgs)[:, 0]
+            if encoded is None:
+                with torch.no_grad():
+                    encoded = self.backbone.forward_features(imgs)
+            return encoded[:, 0]
         return latent[:, 0].detach()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -162,7 +182,14 @@ class MAEPretraining(pl.LightningModule):
         # The NCut graph statistics cost a sort of every similarity: gather them only on the steps that
         # log them or check them, not on every step of the hot path.
         info: dict[str, Tensor] | None = {} if self._graph_stats_wanted() else None
-        ids_shuffle = self.masking(imgs, self.backbone, self.current_epoch, self.trainer.max_epochs, gen, info)
+        probing = self.probe is not None and labels is not None
+        epoch, max_epochs = self.current_epoch, self.trainer.max_epochs
+        encoded = None
+        if probing and self.hparams.probe_features == "full":  # one unmasked pass for the probe and the masks
+            ids_shuffle, encoded = masks_and_encoder_output(self.masking, self.backbone, imgs, epoch, max_epochs,
+                                                            gen, info)
+        else:
+            ids_shuffle = self.masking(imgs, self.backbone, epoch, max_epochs, gen, info)
         if info:
             self._log_graph_stats(info)
         out = self.backbone(imgs, ids_shuffle, self.masking.len_keep(self.backbone.num_patches))
@@ -171,8 +198,8 @@ class MAEPretraining(pl.LightningModule):
         self.log("mask/informed", float(self.masks_informed))
         self.log("mask/hint_ratio", self.hint_ratio)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
-        if self.probe is not None and labels is not None:
-            logits = self.probe(self._probe_features(imgs, out.latent))
+        if probing:
+            logits = self.probe(self._probe_features(imgs, out.latent, encoded))
             probe_loss = F.cross_entropy(logits, labels)
             loss = loss + probe_loss  # the probe sees detached features: no gradient to the backbone
             self.log("train/probe_loss", probe_loss, on_epoch=True)

@@ -168,3 +168,17 @@ def test_blocks_keep_timm_block_attributes_and_state_dict_keys():
     assert (attn.num_heads, attn.head_dim, attn.scale) == (4, 8, 8**-0.5)
     assert isinstance(attn.qkv, torch.nn.Linear) and isinstance(attn.proj, torch.nn.Linear)
     assert model.state_dict().keys() == with_timm_attention(model).state_dict().keys()
+
+
+@pytest.mark.parametrize("layer", [0, 1, 3])
+def test_one_pass_gives_the_encoder_output_and_the_patch_features(layer):
+    torch.manual_seed(0)
+    model = MaskedAutoencoderViT(img_size=28, patch_size=4, in_chans=1, embed_dim=32, depth=3, num_heads=2,
+                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    imgs = torch.randn(2, 1, 28, 28)
+    encoded, z = model.features_with_patch_features(imgs, layer)
+    with torch.no_grad():
+        assert torch.equal(encoded, model.forward_features(imgs))
+    assert torch.equal(z, model.patch_features(imgs, layer))
+    with pytest.raises(ValueError, match="source_layer=4"):
+        model.features_with_patch_features(imgs, 4)

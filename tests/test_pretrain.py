@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mae import MAEPretraining, MaskedAutoencoderViT, MaskPanels, SelfGuidedMasking, mask_panel
 from lightning_mae.optim import warmup_cosine
+from lightning_mae.pretrain import masks_and_encoder_output
 from lightning_mae.panels import OBJECT_COLOR, REST_COLOR, panel_titles
 from lightning_run import effective_batch_size
 
@@ -134,6 +135,35 @@ def test_probe_sees_detached_features():
     visible = tiny_module(probe_features="visible")
     feats = visible._probe_features(imgs, out.latent)
     assert feats.shape == (4, 32) and not feats.requires_grad and torch.equal(feats, out.latent[:, 0])
+
+
+def test_online_probe_accuracy_is_top1_over_images():
+    # 3 images of class 0 all right, 1 of class 1 wrong: top-1 is 3/4; the per-class mean would be 1/2
+    module = tiny_module(num_classes=2)
+    module.val_probe_acc(torch.tensor([[2.0, 0.0]] * 4), torch.tensor([0, 0, 0, 1]))
+    assert module.val_probe_acc.compute().item() == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("source,layer", [("encoder", 0), ("encoder", 1), ("encoder", 2), ("decoder", 1)])
+def test_masks_share_the_probe_pass_and_equal_separate_passes(source, layer):
+    # The step's one unmasked pass feeds both the probe and the informed masks: the same bits as two passes.
+    torch.manual_seed(0)
+    backbone = MaskedAutoencoderViT(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    masking = SelfGuidedMasking(start_epoch=1, source=source, source_layer=layer, tau="mean", hint_start=0.5)
+    imgs = torch.randn(4, 1, 16, 16)
+    for epoch in (0, 1):  # random, then informed masks
+        info_shared: dict = {}
+        ids, encoded = masks_and_encoder_output(masking, backbone, imgs, epoch, 3,
+                                                torch.Generator().manual_seed(7), info_shared)
+        info_alone: dict = {}
+        expected = masking(imgs, backbone, epoch, 3, torch.Generator().manual_seed(7), info_alone)
+        with torch.no_grad():
+            assert torch.equal(encoded, backbone.forward_features(imgs))
+        assert torch.equal(ids, expected)
+        assert info_shared.keys() == info_alone.keys() and (epoch == 0) == (not info_alone)
+        assert all(torch.equal(info_shared[k], info_alone[k]) for k in info_alone)
+    assert not encoded.requires_grad
 
 
 class Recorder(pl.Callback):
