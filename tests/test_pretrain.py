@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_mae import MAEPretraining, MaskedAutoencoderViT, MaskPanels, SelfGuidedMasking, mask_panel
 from lightning_mae.optim import warmup_cosine
-from lightning_mae.pretrain import masks_and_encoder_output
 from lightning_mae.panels import OBJECT_COLOR, REST_COLOR, panel_titles
+from lightning_mae.pretrain import masks_and_encoder_output
 from lightning_run import effective_batch_size
 
 
