@@ -90,15 +90,16 @@ ALPHA = 0.05
 
 # --- recording the curves during pretraining ---------------------------------------------------------------
 class CurveRecorder(pl.Callback):
-    """Copies the ``analysis/*`` metrics (``AnalysisMonitor``) and ``mask/start_epoch`` / ``mask/relation_kl``
-    that the run's first logger receives into ``<run_dir>/curves.jsonl``: one JSON line per logging call, with
+    """Copies the ``analysis/*`` metrics (``AnalysisMonitor``), ``mask/start_epoch`` / ``mask/relation_kl`` and the
+    per-epoch ``val/probe_acc`` / ``val/loss`` (has the online probe stopped moving?) that the run's first logger
+    receives into ``<run_dir>/curves.jsonl``: one JSON line per logging call, with
     ``done`` = the training epochs completed when they were measured (0: the check before the first step).
 
     The run's W&B metrics stay where they are; this file only makes them readable without W&B. A resumed run
     appends to the file (the reader keeps the last value of a metric at an epoch).
     """
 
-    KEYS = ("analysis/", "mask/start_epoch", "mask/relation_kl")
+    KEYS = ("analysis/", "mask/start_epoch", "mask/relation_kl", "val/probe_acc", "val/loss")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero or not trainer.loggers:
@@ -604,6 +605,7 @@ def table_markdown(records: list[RunRecord], methods: list[str], evals: list[str
         switches = ", ".join(f"seed {r.seed}: {'never' if r.switch is None else r.switch}" for r in rs)
         sources = ", ".join(sorted({r.switch_source for r in rs if r.switch_source})) or "–"
         lines.append(f"| {METHODS[m].label} | {switches} | {sources} |")
+    lines += probe_curve_lines(records, methods)
     lines += ["", f"## Clustering of block {layer} at the end of pretraining (AnalysisMonitor), mean ± std", "",
               "| method | bi-partition gap | KL to the previous epoch |", "|---|---:|---:|"]
     for m in methods:
@@ -619,6 +621,32 @@ def table_markdown(records: list[RunRecord], methods: list[str], evals: list[str
     lines += ["", "The curves per epoch are in `clustering.png` (dotted lines: the switch to informed masks) and "
               "`results.csv` (kind `curve`).", "", "## Files", ""] + [f"- `{f}`" for f in files]
     return "\n".join(lines) + "\n"
+
+
+def probe_curve_lines(records: list[RunRecord], methods: list[str], key: str = "val/probe_acc") -> list[str]:
+    """The online probe's accuracy after each pretraining epoch, mean over the seeds that logged it: whether
+    the budget is one where the probe has stopped moving (the last epoch's change, in points)."""
+    rows = []
+    for m in methods:
+        series = [r.curves[key] for r in records if r.method == m and r.curves.get(key)]
+        if not series:
+            continue
+        epochs = sorted(set().union(*series))
+        mean = {e: 100 * float(np.mean([s[e] for s in series if e in s])) for e in epochs}
+        last = f"{_signed(mean[epochs[-1]] - mean[epochs[-2]])}" if len(epochs) > 1 else "–"
+        rows.append((m, epochs, mean, last, len(series)))
+    if not rows:
+        return []
+    epochs = sorted(set().union(*(r[1] for r in rows)))
+    lines = ["", "## Online probe after each pretraining epoch (has it stopped moving?)", "",
+             f"`{key}`: the online linear probe on the unmasked images' cls token, Fashion-MNIST test set, top-1 %, "
+             "mean over the seeds that logged it; the last column is the change over the last epoch.", "",
+             "| method | seeds | " + " | ".join(f"epoch {e}" for e in epochs) + " | last change |",
+             "|---|---:|" + "---:|" * (len(epochs) + 1)]
+    for m, _, mean, last, n in rows:
+        lines.append(f"| {METHODS[m].label} | {n} | "
+                     + " | ".join(f"{mean[e]:.2f}" if e in mean else "–" for e in epochs) + f" | {last} |")
+    return lines
 
 
 def plot_accuracy(records: list[RunRecord], methods: list[str], evals: list[str], path: Path) -> Path:

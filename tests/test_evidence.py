@@ -25,6 +25,7 @@ from benchmarks.sgmae_evidence import (
     paired_comparison,
     plot_accuracy,
     plot_clustering,
+    probe_curve_lines,
     read_curves,
     run_paths,
     summarize,
@@ -216,6 +217,16 @@ def test_table_and_plots_from_synthetic_records(tmp_path):
     for plot, path in ((plot_accuracy, tmp_path / "a.png"), (plot_clustering, tmp_path / "c.png")):
         plot(records, methods, evals if plot is plot_accuracy else 3, path)
         assert Image.open(path).size[0] > 600
+
+
+def test_online_probe_curve_says_whether_the_probe_stopped_moving():
+    records = [_record("mae", seed, {}, None, [0.1]) for seed in (0, 1)]
+    records[0].curves["val/probe_acc"] = {1: 0.50, 2: 0.60, 3: 0.61}
+    records[1].curves["val/probe_acc"] = {1: 0.52, 2: 0.62, 3: 0.62}
+    lines = probe_curve_lines(records, ["mae", "sgmae"])
+    assert "| MAE | 2 | 51.00 | 61.00 | 61.50 | +0.50 |" in lines  # means over seeds; SG-MAE logged nothing
+    assert not any(line.startswith("| SG-MAE") for line in lines)
+    assert probe_curve_lines([_record("mae", 0, {}, None, [0.1])], ["mae"]) == []
 
 
 def test_curve_recorder_copies_the_analysis_metrics_with_the_epochs_completed(tmp_path):
