@@ -8,9 +8,10 @@ For every seed S and method it
    its own run directory ``<runs>/<method>/seed<S>/sgmae-fmnist/<method>-s<S>-<tag>/`` (a run whose final
    ``last.ckpt`` exists is skipped, an unfinished one is resumed from its last checkpoint, so an interrupted
    sweep continues where it stopped);
-2. evaluates the final encoder: the linear probe (``linprobe_fmnist.yaml``), the k-NN accuracy of its frozen
-   cls features (``lightning_mae.analysis.knn``: cosine, k = 20, DINO's ``exp(cos / 0.07)`` votes, Fashion-MNIST
-   train set vs test set), fine-tuning (``finetune_fmnist.yaml``) and a transfer linear probe on scikit-learn's
+2. evaluates the final encoder: the linear probe (``linprobe_fmnist.yaml``), a linear probe fitted to
+   convergence on its frozen cls features (``lightning_mae.analysis.frozen_probe``: L-BFGS logistic regression
+   on the standardised features), the k-NN accuracy of the same features (``lightning_mae.analysis.knn``:
+   cosine, k = 20, DINO's ``exp(cos / 0.07)`` votes; both Fashion-MNIST train set vs test set), fine-tuning (``finetune_fmnist.yaml``) and a transfer linear probe on scikit-learn's
    8x8 digits (``linprobe_digits.yaml``); the downstream runs are seeded with S too. Results are cached in the
    run's ``evidence.json``, keyed by the checkpoint and the evaluation options;
 3. reads the clustering curves that ``AnalysisMonitor`` logs during pretraining (the bi-partition gap and the KL
@@ -75,6 +76,7 @@ METHODS = {
 BASELINE = "mae"
 EVALS = {  # key -> label in the table
     "linprobe": "linear probe (Fashion-MNIST)",
+    "logreg": "converged linear probe (Fashion-MNIST)",
     "knn": "k-NN (Fashion-MNIST)",
     "finetune": "fine-tune (Fashion-MNIST)",
     "digits": "transfer linear probe (digits)",
@@ -424,21 +426,29 @@ def eval_key(name: str, args: argparse.Namespace, eval_args: list[str], seed: in
     if name == "knn":
         key.update(k=args.knn_k, temperature=args.knn_temperature, pool=args.knn_pool,
                    train_subset=args.knn_train_subset, test_subset=args.knn_test_subset)
+    elif name == "logreg":
+        key.update(c=args.logreg_c, pool=args.knn_pool, train_subset=args.knn_train_subset,
+                   test_subset=args.knn_test_subset)
     else:
         key["eval_args"] = eval_args
     return key
 
 
-def knn_eval(ckpt: Path, args: argparse.Namespace) -> float:
-    """k-NN top-1 (%) of the checkpoint's frozen encoder: Fashion-MNIST train (or its first knn_train_subset
-    images) vs test (or its first knn_test_subset), evaluation transforms of the linear probe."""
+def frozen_features(ckpt: Path, args: argparse.Namespace) -> dict[str, tuple[Any, Any]]:
+    """``{"train": (features, labels), "val": ...}`` of the checkpoint's frozen encoder on Fashion-MNIST train
+    (or its first knn_train_subset images) and test (or its first knn_test_subset), the linear probe's evaluation
+    transforms, pooled as ``--knn_pool``. Kept for the last checkpoint asked: k-NN and the converged probe share
+    one extraction."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
     from datamodules.classification.fashion_mnist import FashionMNISTClassification
-    from lightning_mae.analysis.knn import extract_features, knn_accuracy
+    from lightning_mae.analysis.knn import extract_features
     from lightning_mae.downstream.checkpoints import load_encoder
 
+    key = (str(ckpt), ckpt.stat().st_mtime_ns, args.knn_pool, args.knn_train_subset, args.knn_test_subset)
+    if _FEATURES.get("key") == key:
+        return _FEATURES["value"]
     data = FashionMNISTClassification(num_workers=0, img_size=28, eval_crop_ratio=1.0)
     data.check_files()
     transform = data.transform(train=False)
@@ -447,13 +457,32 @@ def knn_eval(ckpt: Path, args: argparse.Namespace) -> float:
         dataset = data.make_dataset(split, transform)
         sets[split] = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
     encoder = load_encoder(ckpt, global_pool="token")
-    device = args.device
     with torch.inference_mode():
-        feats = {split: extract_features(encoder, DataLoader(ds, batch_size=512, shuffle=False), args.knn_pool, device)
-                 for split, ds in sets.items()}
-    (train_x, train_y), (test_x, test_y) = feats["train"], feats["val"]
+        feats = {split: extract_features(encoder, DataLoader(ds, batch_size=512, shuffle=False), args.knn_pool,
+                                         args.device) for split, ds in sets.items()}
+    _FEATURES.update(key=key, value=feats)
+    return feats
+
+
+_FEATURES: dict[str, Any] = {}
+
+
+def knn_eval(ckpt: Path, args: argparse.Namespace) -> float:
+    """k-NN top-1 (%) of the checkpoint's frozen encoder (``frozen_features``)."""
+    from lightning_mae.analysis.knn import knn_accuracy
+
+    (train_x, train_y), (test_x, test_y) = frozen_features(ckpt, args).values()
     temperature = None if args.knn_temperature <= 0 else args.knn_temperature
     return knn_accuracy(train_x, train_y, test_x, test_y, k=args.knn_k, temperature=temperature, num_classes=10)
+
+
+def logreg_eval(ckpt: Path, args: argparse.Namespace) -> float:
+    """Top-1 (%) of a logistic regression fitted to convergence on the frozen features (``frozen_features``;
+    ``lightning_mae.analysis.frozen_probe``)."""
+    from lightning_mae.analysis.frozen_probe import logistic_probe_accuracy
+
+    (train_x, train_y), (test_x, test_y) = frozen_features(ckpt, args).values()
+    return logistic_probe_accuracy(train_x, train_y, test_x, test_y, c=args.logreg_c)
 
 
 def evaluate(run: Run, evals: list[str], args: argparse.Namespace, eval_args: list[str]) -> dict[str, float]:
@@ -474,8 +503,8 @@ def evaluate(run: Run, evals: list[str], args: argparse.Namespace, eval_args: li
             print(f"[evidence] {run.method} seed {run.seed} {name}: {results[name]:.2f} % (cached)", flush=True)
             continue
         start = time.perf_counter()
-        if name == "knn":
-            value, where = knn_eval(run.final, args), ""
+        if name in ("knn", "logreg"):
+            value, where = (knn_eval if name == "knn" else logreg_eval)(run.final, args), ""
         else:
             dataset, protocol = {"linprobe": ("fashion_mnist", "linprobe"), "finetune": ("fashion_mnist", "finetune"),
                                  "digits": ("digits", "linprobe")}[name]
@@ -796,6 +825,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="T of the exp(cos/T) votes; 0 = plain majority vote")
     parser.add_argument("--knn_pool", choices=["token", "mean"], default="token",
                         help="cls token (the linear probe's feature) or mean of the patch tokens")
+    parser.add_argument("--logreg_c", type=float, default=1.0,
+                        help="inverse L2 strength of the converged linear probe (standardised features)")
     parser.add_argument("--knn_train_subset", type=int, default=None, help="first N train images (default: all)")
     parser.add_argument("--knn_test_subset", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--layer", type=int, default=3, help="encoder block of the curves (SG-MAE's source layer)")

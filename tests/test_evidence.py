@@ -34,6 +34,7 @@ from benchmarks.sgmae_evidence import (
 )
 from datamodules.classification.digits import DigitsClassification, digits_arrays, stratified_split
 from datamodules.pretraining.fashion_mnist import MEAN, STD
+from lightning_mae.analysis.frozen_probe import logistic_probe_accuracy
 from lightning_mae.analysis.knn import extract_features, knn_accuracy, knn_predict
 from lightning_mae.downstream.encoder import ViTEncoder
 from tests.conftest import REPO
@@ -74,6 +75,24 @@ def test_majority_tie_goes_to_the_more_similar_class_not_the_lower_index():
     train = _unit(30, 10)  # class 0 at cos(30°) = 0.87, class 1 at cos(10°) = 0.98 from the test point
     labels = torch.tensor([0, 1])
     assert knn_predict(train, labels, _unit(0), k=2, temperature=None).item() == 1
+
+
+def test_converged_linear_probe_known_answers():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(400) % 4
+    centres = torch.randn(4, 16, generator=g) * 5
+    features = centres[labels] + 0.1 * torch.randn(400, 16, generator=g)
+    # linearly separable classes: every test point right, whatever the feature scale
+    assert logistic_probe_accuracy(features[:300], labels[:300], features[300:], labels[300:]) == 100.0
+    assert logistic_probe_accuracy(1e3 * features[:300], labels[:300], 1e3 * features[300:], labels[300:]) == 100.0
+    # labels unrelated to the features: chance (1/4), not better
+    noise = torch.randn(4000, 16, generator=g)
+    random_labels = torch.randint(0, 4, (4000,), generator=g)
+    assert 20.0 < logistic_probe_accuracy(noise[:3000], random_labels[:3000], noise[3000:], random_labels[3000:]) < 30.0
+    with pytest.raises(RuntimeError, match="not converged after max_iter=1"):
+        logistic_probe_accuracy(noise[:3000], random_labels[:3000], noise[3000:], random_labels[3000:], max_iter=1)
+    with pytest.raises(ValueError, match="same D"):
+        logistic_probe_accuracy(features, labels, features[:, :8], labels)
 
 
 def test_knn_names_bad_input():
@@ -294,14 +313,14 @@ def test_the_evidence_command_end_to_end_at_a_tiny_budget(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     table = (out / "table.md").read_text()
-    for metric in ("linear probe (Fashion-MNIST)", "k-NN (Fashion-MNIST)", "fine-tune (Fashion-MNIST)",
-                   "transfer linear probe (digits)"):
+    for metric in ("linear probe (Fashion-MNIST)", "converged linear probe (Fashion-MNIST)", "k-NN (Fashion-MNIST)",
+                   "fine-tune (Fashion-MNIST)", "transfer linear probe (digits)"):
         assert f"| {metric} | " in table and f"SG-MAE − MAE, {metric}: " in table
     assert "| SG-MAE | seed 0: 2, seed 1: 2 | config start_epoch |" in table
     assert "What n = 2 can say" in table and "Partial" not in table
     rows = list(csv.DictReader((out / "results.csv").open()))
     evals = {(r["method"], r["seed"], r["metric"]) for r in rows if r["kind"] == "eval"}
-    assert len(evals) == 2 * 2 * 4 and all(0.0 <= float(r["value"]) <= 100.0 for r in rows if r["kind"] == "eval")
+    assert len(evals) == 2 * 2 * 5 and all(0.0 <= float(r["value"]) <= 100.0 for r in rows if r["kind"] == "eval")
     gap = [r for r in rows if r["kind"] == "curve" and r["metric"] == "analysis/gap/enc3"]
     assert sorted({int(r["epoch"]) for r in gap}) == [0, 1, 2, 3] and len(gap) == 4 * 4  # before + 3 epochs, 4 runs
     for png in ("accuracy.png", "clustering.png"):
@@ -312,6 +331,6 @@ def test_the_evidence_command_end_to_end_at_a_tiny_budget(tmp_path):
     # again: every run and evaluation is reused, nothing is trained
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-5000:]
-    assert again.stdout.count("final checkpoint exists, skipped") == 4 and again.stdout.count("(cached)") == 16
+    assert again.stdout.count("final checkpoint exists, skipped") == 4 and again.stdout.count("(cached)") == 20
     cache = json.loads(next(runs.rglob("evidence.json")).read_text())
-    assert set(cache["evals"]) == {"linprobe", "knn", "finetune", "digits"}
+    assert set(cache["evals"]) == {"linprobe", "logreg", "knn", "finetune", "digits"}
