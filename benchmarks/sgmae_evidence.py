@@ -12,8 +12,9 @@ For every seed S and method it
    convergence on its frozen cls features (``lightning_mae.analysis.frozen_probe``: L-BFGS logistic regression
    on the standardised features), the k-NN accuracy of the same features (``lightning_mae.analysis.knn``:
    cosine, k = 20, DINO's ``exp(cos / 0.07)`` votes; both Fashion-MNIST train set vs test set), fine-tuning
-   (``finetune_fmnist.yaml``) and a transfer linear probe on scikit-learn's 8x8 digits (``linprobe_digits.yaml``); the downstream runs are seeded with S too. Results are cached in the
-   run's ``evidence.json``, keyed by the checkpoint and the evaluation options;
+   (``finetune_fmnist.yaml``) and a transfer linear probe on scikit-learn's 8x8 digits (``linprobe_digits.yaml``);
+   the downstream runs are seeded with S too. Results are cached in the run's ``evidence.json``, keyed by the
+   checkpoint and the evaluation options;
 3. reads the clustering curves that ``AnalysisMonitor`` logs during pretraining (the bi-partition gap and the KL
    of the token relations to the previous epoch, per encoder block; ``CurveRecorder`` copies them and the logged
    ``mask/start_epoch`` into the run's ``curves.jsonl``);
