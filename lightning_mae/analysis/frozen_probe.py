@@ -23,7 +23,7 @@ def logistic_probe_accuracy(
     test_features: Tensor,
     test_labels: Tensor,
     c: float = 1.0,
-    max_iter: int = 1000,
+    max_iter: int = 3000,
 ) -> float:
     """Top-1 (%) on the test features of a logistic regression fitted on the training features.
 
@@ -42,7 +42,7 @@ def logistic_probe_accuracy(
     mean, std = x_train.mean(0), x_train.std(0) + 1e-8
     x_train = (x_train - mean) / std
     x_test = (test_features.double().numpy() - mean) / std
-    classifier = LogisticRegression(C=c, max_iter=max_iter, tol=1e-6)
+    classifier = LogisticRegression(C=c, max_iter=max_iter, tol=1e-4)  # scikit-learn's default tolerance
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         try:
