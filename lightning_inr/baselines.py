@@ -7,13 +7,15 @@ Built as in the official configs: an encoder (every layer activated) followed by
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from lightning_inr.activations import ActivationName
 from lightning_inr.encodings import CoordinateEncoder
 from lightning_inr.field import FieldOutput, ParameterGroup
-from lightning_inr.initializers import InitName
+from lightning_inr.initializers import InitName, siren_first_layer_
 from lightning_inr.mlp import MLP
 
 
@@ -31,6 +33,9 @@ class INR(nn.Module):
         activation, omega, beta, init: see :func:`lightning_inr.activations.make_activation`.
         first_omega: ω₀ of the very first layer (``None`` = ``omega``).
         fourier_features, ff_sigma: random Fourier features before the encoder (0 = off).
+        first_layer_init: with ``init="siren"``, the first layer's rule: ``neural_experts`` (the official
+            code: U(±1/fan_in) only for 2-D/3-D input, else as the other layers) or ``siren`` (SIREN's own:
+            U(±1/fan_in) for any input; for 1-D audio U(±1), SIREN's audio recipe).
     """
 
     def __init__(
@@ -48,14 +53,21 @@ class INR(nn.Module):
         first_omega: float | None = None,
         fourier_features: int = 0,
         ff_sigma: float = 1.0,
+        first_layer_init: Literal["neural_experts", "siren"] = "neural_experts",
     ) -> None:
         super().__init__()
+        if first_layer_init not in ("neural_experts", "siren"):
+            raise ValueError(f"first_layer_init must be neural_experts|siren, got {first_layer_init!r}")
+        if first_layer_init == "siren" and init != "siren":
+            raise ValueError(f"first_layer_init='siren' is a rule of init='siren', not of init={init!r}")
         self.in_dim, self.out_dim, self.n_experts = in_dim, out_dim, 1
         self.encoder = CoordinateEncoder(
             in_dim, encoder_width, encoder_layers, activation, omega, beta, init, first_omega,
             fourier_features, ff_sigma,
         )
         self.head = MLP(encoder_width, width, n_layers, out_dim, activation, omega, beta, init)
+        if first_layer_init == "siren":  # after every other layer, so that they draw what they always drew
+            siren_first_layer_(self.encoder.mlp.weights[0])
 
     def forward(self, coords: torch.Tensor) -> FieldOutput:
         pred = self.head(self.encoder(coords))

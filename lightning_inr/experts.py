@@ -3,7 +3,7 @@
 Blocks (official image config in brackets):
 
 * expert encoder, shared by all experts [2→128, 128→128 ×3, sine];
-* K experts, stacked and evaluated as one batched einsum [per expert 128→128 ×3, 128→out];
+* K experts, stacked and evaluated as one batched matrix product per layer [per expert 128→128 ×3, 128→out];
 * manager encoder, separate from the expert encoder [as the expert encoder];
 * manager [(128+128)→128, 128→128 ×2, 128→K] reading the manager-encoder features, conditioned on
   the expert-encoder features (``cat``; ``max``/``mean`` broadcast a global pool; ``none``).

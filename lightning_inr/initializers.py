@@ -3,8 +3,9 @@
 ``siren`` follows the official Neural Experts code: a network's first layer is ``U(±1/fan_in)``
 when it reads raw 2-D/3-D coordinates, every other layer ``U(±√(6/fan_in)/ω₀)``; biases are zero.
 With 1-D input (audio) the first-layer rule does not apply there either (SIREN's own audio recipe
-uses a first-layer ω₀ of 3000 instead: see ``first_omega`` of the encoders). ``kaiming``: normal
-with std √(2/fan_in), zero bias (the Softplus/ReLU networks).
+applies U(±1/fan_in) to the first layer whatever its fan_in, :func:`siren_first_layer_`, which the
+``INR`` baselines take with ``first_layer_init="siren"``). ``kaiming``: normal with std √(2/fan_in),
+zero bias (the Softplus/ReLU networks).
 """
 
 from __future__ import annotations
@@ -32,3 +33,10 @@ def init_layer_(weight: torch.Tensor, bias: torch.Tensor, scheme: InitName, firs
     else:
         raise ValueError(f"init must be siren|kaiming, got {scheme!r}")
     bias.zero_()
+
+
+@torch.no_grad()
+def siren_first_layer_(weight: torch.Tensor) -> None:
+    """SIREN's own first-layer rule, ``U(±1/fan_in)`` for any fan_in (1-D audio too), in place."""
+    fan_in = weight.shape[-2]
+    weight.uniform_(-1.0 / fan_in, 1.0 / fan_in)

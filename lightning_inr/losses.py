@@ -48,3 +48,32 @@ def q_weighted_sdf_loss(
     """
     diff = preds.squeeze(-1).clamp(-clamp, clamp) - sdf.clamp(-clamp, clamp).unsqueeze(0)
     return (diff.abs() * q.T).mean()
+
+
+def siren_sdf_terms(
+    surface_pred: torch.Tensor,
+    surface_grad: torch.Tensor,
+    normals: torch.Tensor,
+    off_pred: torch.Tensor,
+    off_grad: torch.Tensor,
+    alpha: float = 100.0,
+) -> dict[str, torch.Tensor]:
+    """SIREN's SDF terms (Sitzmann et al. 2020, ``loss_functions.sdf``), unweighted.
+
+    ``surface_pred`` (S, 1) and ``off_pred`` (M, 1): the field f at S surface points and M off-surface
+    points; ``surface_grad`` (S, d), ``off_grad`` (M, d): ∇f there; ``normals`` (S, d): the surface normals.
+    As in SIREN every term is a mean over all S + M points of the batch, zero where it does not apply:
+
+    * ``sdf``: |f| on the surface;
+    * ``inter``: exp(−``alpha``·|f|) off the surface (pushes the zero level set away from them);
+    * ``normal``: 1 − cos(∇f, n) on the surface;
+    * ``eikonal``: | ‖∇f‖ − 1 | everywhere.
+    """
+    n = surface_pred.shape[0] + off_pred.shape[0]
+    grads = torch.cat([surface_grad, off_grad])
+    return {
+        "sdf": surface_pred.abs().sum() / n,
+        "inter": torch.exp(-alpha * off_pred.abs()).sum() / n,
+        "normal": (1 - F.cosine_similarity(surface_grad, normals, dim=-1)).sum() / n,
+        "eikonal": (grads.norm(dim=-1) - 1).abs().mean(),
+    }

@@ -8,6 +8,7 @@ A task reads the data it needs from the DataModule (``coords``/``image``, ``coor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ from lightning_inr.artifacts import (
 )
 from lightning_inr.field import CoordinateNetwork
 from lightning_inr.inference import render
-from lightning_inr.losses import q_weighted_mse, q_weighted_sdf_loss, q_weighted_surface_loss
+from lightning_inr.losses import q_weighted_mse, q_weighted_sdf_loss, q_weighted_surface_loss, siren_sdf_terms
+
+SDFLoss = Literal["neural_experts", "siren"]
 
 
 def expert_usage(selected: torch.Tensor, n_experts: int) -> dict[str, float]:
@@ -96,7 +99,7 @@ class ImageTask(Task):
 
 class AudioTask(Task):
     """Fit a waveform normalised to max |x| = 1; metric: MSE of that signal (the paper's table
-    scales its MSE by 1e4 for compactness: see the README section).
+    scales its MSE by 1e4 for compactness: see docs/neural-experts.md).
 
     Args:
         recon_weight: weight of the q-weighted MSE (1000 in the official code).
@@ -135,7 +138,19 @@ class AudioTask(Task):
 class SDFTask(Task):
     """Fit a signed distance field from surface and off-surface samples.
 
-    Loss: ``surface_weight``·mean(q·|f_k(surface)|) + ``sdf_weight``·mean(q·|clamp(f_k) − clamp(sdf)|).
+    Losses (``loss``):
+
+    * ``neural_experts`` (the official Neural Experts loss): ``surface_weight``·mean(q·|f_k(surface)|) +
+      ``sdf_weight``·mean(q·|clamp(f_k) − clamp(sdf)|), on the off-surface points' SDF targets.
+    * ``siren`` (SIREN's SDF loss, for the single-network baseline; it reads the surface normals of the
+      batch and ignores the SDF targets): ``siren_sdf_weight``·|f| on the surface +
+      ``siren_inter_weight``·exp(−``siren_inter_alpha``·|f|) off it + ``siren_normal_weight``·(1 − cos(∇f, n))
+      on the surface + ``siren_eikonal_weight``·| ‖∇f‖ − 1 | everywhere, each a mean over the whole batch
+      (:func:`~lightning_inr.losses.siren_sdf_terms`); SIREN's weights 3e3, 1e2, 1e2, 5e1 and α = 100.
+      Its off-surface points are meant to be uniform in the cube (``SDFSamples(n_uniform=...)``): near-surface
+      points would fight the zero level set through the exp term. ∇f needs a double backward, which
+      ``SignalFit(compile=True)`` does not support.
+
     Evaluation: the SDF on a ``eval_resolution``³ grid, marching cubes, IoU, Trimap IoU, squared
     Chamfer and Hausdorff against ``eval_points`` samples of the true surface.
     """
@@ -149,14 +164,28 @@ class SDFTask(Task):
         eval_points: int = 300_000,
         trimap_d: tuple[float, ...] = (0.1, 0.01, 0.005, 0.001),
         chunk_size: int = 65536,
+        loss: SDFLoss = "neural_experts",
+        siren_sdf_weight: float = 3e3,
+        siren_inter_weight: float = 1e2,
+        siren_normal_weight: float = 1e2,
+        siren_eikonal_weight: float = 5e1,
+        siren_inter_alpha: float = 100.0,
     ) -> None:
         if eval_resolution < 8:
             raise ValueError(f"eval_resolution must be >= 8, got {eval_resolution}")
+        if loss not in ("neural_experts", "siren"):
+            raise ValueError(f"loss must be neural_experts|siren, got {loss!r}")
+        self.loss = loss
+        self.siren_weights = {"sdf": siren_sdf_weight, "inter": siren_inter_weight, "normal": siren_normal_weight,
+                              "eikonal": siren_eikonal_weight}
+        self.siren_inter_alpha = siren_inter_alpha
         self.surface_weight, self.sdf_weight, self.clamp = surface_weight, sdf_weight, clamp
         self.eval_resolution, self.eval_points, self.trimap_d = eval_resolution, eval_points, tuple(trimap_d)
         self.chunk_size = chunk_size
 
     def training_loss(self, network, batch):
+        if self.loss == "siren":
+            return self.siren_loss(network, batch)
         surface, points, sdf = batch["surface"], batch["points"], batch["sdf"]
         out = network(torch.cat([surface, points]))  # one pass over both sets
         n = surface.shape[0]
@@ -164,6 +193,25 @@ class SDFTask(Task):
         fit = q_weighted_sdf_loss(out.expert_preds[:, n:], sdf, out.q[n:], self.clamp)
         loss = self.surface_weight * zls + self.sdf_weight * fit
         return loss, {"surface_term": float(zls), "sdf_term": float(fit)}
+
+    def siren_loss(self, network, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """SIREN's SDF loss on the field of a single network (see the class docstring)."""
+        if network.n_experts != 1:
+            raise ValueError(
+                f"SDFTask(loss='siren') is SIREN's loss for one network; {type(network).__name__} has "
+                f"{network.n_experts} experts (its manager would get no gradient): use loss='neural_experts'"
+            )
+        if "normals" not in batch:
+            raise ValueError("SDFTask(loss='siren') needs the surface normals in the batch ('normals', as "
+                             "datamodules.SDFSamples provides)")
+        surface, normals, points = batch["surface"], batch["normals"], batch["points"]
+        coords = torch.cat([surface, points]).detach().requires_grad_(True)
+        field = network(coords).pred  # (N, 1)
+        (grad,) = torch.autograd.grad(field, coords, torch.ones_like(field), create_graph=True)
+        n = surface.shape[0]
+        terms = siren_sdf_terms(field[:n], grad[:n], normals, field[n:], grad[n:], self.siren_inter_alpha)
+        loss = sum(self.siren_weights[k] * v for k, v in terms.items())
+        return loss, {f"{k}_term": float(v.detach()) for k, v in terms.items()}
 
     def predict_grid(self, network, data) -> tuple[np.ndarray, np.ndarray]:
         """Predicted SDF and expert index on the evaluation grid, (R, R, R) each."""

@@ -182,6 +182,29 @@ def test_sdf_samples_of_a_sphere_have_correct_signs(tmp_path):
     assert data.train_batch()["points"].ne(batch["points"]).any()  # resampled every step
 
 
+def test_sdf_samples_give_surface_normals_and_optional_uniform_points(tmp_path):
+    import trimesh
+
+    trimesh.creation.icosphere(subdivisions=4, radius=2.0).export(tmp_path / "sphere.obj")
+    common = {"n_surface": 100, "n_near": 200, "n_far": 300, "surface_samples": 20_000}
+    plain = SDFSamples(str(tmp_path / "sphere.obj"), **common).train_batch()
+    data = SDFSamples(str(tmp_path / "sphere.obj"), n_uniform=400, **common)
+    batch = data.train_batch()
+    # the normals of the surface points: unit, and on a sphere along the position
+    assert batch["normals"].shape == (100, 3)
+    torch.testing.assert_close(batch["normals"].norm(dim=-1), torch.ones(100))
+    assert torch.nn.functional.cosine_similarity(batch["normals"], batch["surface"]).min() > 0.99
+    # uniform points come last, in the cube; the official recipe's stream is unchanged before them
+    assert batch["points"].shape == (900, 3) and batch["sdf"].shape == (900,)
+    assert batch["points"][500:].abs().max() <= data.bound
+    assert torch.equal(batch["surface"], plain["surface"]) and torch.equal(batch["points"][:500], plain["points"])
+    siren = SDFSamples(str(tmp_path / "sphere.obj"), n_surface=50, n_near=0, n_far=0, n_uniform=50,
+                       surface_samples=20_000).train_batch()
+    assert siren["points"].shape == (50, 3) and siren["sdf"].shape == (50,)
+    with pytest.raises(ValueError, match="off-surface"):
+        SDFSamples(str(tmp_path / "sphere.obj"), n_near=0, n_far=0, surface_samples=2000)
+
+
 def test_real_mesh_loads_normalised(elsewhere):
     data = SDFSamples("samples/meshes/bunny.off", n_surface=10, n_near=10, n_far=10, surface_samples=5000)
     assert np.abs(data.points).max() == pytest.approx(1.0)

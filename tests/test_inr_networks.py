@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_inr import INR, MLP, CoordinateNetwork, Finer, FourierFeatures, NeuralExperts
+from lightning_inr.activations import activate_fresh, make_activation
 from lightning_inr.experts import condition
 from lightning_inr.field import PARAMETER_GROUPS, missing_members
 
@@ -21,11 +22,31 @@ def n_params(module: torch.nn.Module) -> int:
         (lambda: INR(width=512), 642_819),  # SIREN wider
         (lambda: NeuralExperts(), 365_968),  # Neural Experts K = 4
         (lambda: NeuralExperts(conditioning="none"), 349_584),  # naive MoE
+        # the audio and SDF baselines, as their config headers state (inr_audio_siren*.yaml, inr_sdf_siren.yaml)
+        (lambda: INR(1, 1, width=128, first_layer_init="siren"), 99_457),
+        (lambda: INR(1, 1, width=512, first_layer_init="siren"), 641_665),
+        (lambda: INR(3, 1, encoder_width=256, encoder_layers=1, width=256, n_layers=3), 198_657),
     ],
-    ids=["siren", "siren_wider", "neural_experts", "naive_moe"],
+    ids=["siren", "siren_wider", "neural_experts", "naive_moe", "audio_siren", "audio_siren_wider", "sdf_siren"],
 )
 def test_official_parameter_counts(network, expected):
     assert n_params(network()) == expected
+
+
+def test_siren_first_layer_rule_reaches_1d_input_and_nothing_else():
+    torch.manual_seed(0)
+    official = INR(in_dim=1, out_dim=1, encoder_width=64, width=16)
+    torch.manual_seed(0)
+    siren = INR(in_dim=1, out_dim=1, encoder_width=64, width=16, first_layer_init="siren")
+    # SIREN's U(±1/fan_in) = U(±1) for audio, where the official rule gives U(±√6/30) ≈ ±0.082
+    assert official.encoder.mlp.weights[0].abs().max() <= math.sqrt(6) / 30
+    assert 0.9 < siren.encoder.mlp.weights[0].abs().max() <= 1.0
+    for key, value in siren.state_dict().items():  # every other tensor as drawn without the option
+        assert torch.equal(value, official.state_dict()[key]) == (key != "encoder.mlp.weights.0"), key
+    # 2-D/3-D input: both rules are U(±1/fan_in)
+    assert INR(in_dim=3, first_layer_init="siren").encoder.mlp.weights[0].abs().max() <= 1 / 3
+    with pytest.raises(ValueError, match="init='siren'"):
+        INR(activation="softplus", init="kaiming", first_layer_init="siren")
 
 
 def test_batched_experts_equal_a_loop_over_experts():
@@ -169,3 +190,64 @@ def test_an_incomplete_network_is_not_a_coordinate_network():
     assert missing_members(object()) == ["nn.Module", *sorted(
         ["forward", "in_dim", "manager_logits", "manager_modules", "n_experts", "out_dim", "parameter_groups",
          "parameters"])]
+
+
+@pytest.mark.parametrize("name", ["sine", "finer", "relu", "softplus"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_activations_on_fresh_pre_activations_are_the_modules_bit_for_bit(name, grad):
+    act = make_activation(name)
+    torch.manual_seed(0)
+    z = torch.randn(64, 32) * 0.1
+    expected_in = z.clone().requires_grad_(grad)
+    expected = act(expected_in)
+    fresh_in = z.clone().requires_grad_(grad)
+    got = activate_fresh(act, fresh_in * 1.0 if grad else fresh_in)  # a product's fresh output
+    assert torch.equal(got, expected)
+    if grad:  # the backward pass too
+        (g_expected,) = torch.autograd.grad(expected.square().sum(), expected_in)
+        (g_got,) = torch.autograd.grad(got.square().sum(), fresh_in)
+        assert torch.equal(g_got, g_expected)
+
+
+def plain_mlp(mlp: MLP, x: torch.Tensor) -> torch.Tensor:
+    """The textbook formulation the fused one must reproduce: product, then bias, then activation."""
+    for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases)):
+        if mlp.n_copies is None:
+            z = x @ w + b
+        elif x.dim() == 2:
+            z = torch.einsum("nd,kdh->knh", x, w) + b.unsqueeze(1)
+        else:
+            z = torch.baddbmm(b.unsqueeze(1), x, w)
+        x = z if i >= mlp.n_activated else (mlp.first_act if i == 0 else mlp.act)(z)
+    return x
+
+
+@pytest.mark.parametrize("copies", [None, 3])
+def test_fused_layers_equal_the_plain_formulation(copies, monkeypatch):
+    torch.manual_seed(0)
+    mlp = MLP(2, 32, 3, out_dim=3, n_copies=copies)
+    x = torch.rand(500, 2) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), plain_mlp(mlp, x), rtol=1e-6, atol=1e-6)  # reassociation only
+        if copies:  # CPU groups of copies (small groups forced): the same bits as all copies at once
+            whole = mlp(x)
+            monkeypatch.setattr(MLP, "CPU_GROUP_BYTES", 500 * 32 * 4)
+            assert mlp.copies_per_group(x) == 1
+            assert torch.equal(mlp(x), whole)
+
+
+def test_allocation_free_evaluations_equal_forward_copy():
+    torch.manual_seed(0)
+    bank = MLP(16, 32, 3, out_dim=3, n_copies=4)
+    x = torch.randn(40, 16)
+    work = (torch.empty(40 * 32), torch.empty(40 * 32))
+    for k in range(4):
+        out = torch.empty(40, 3)
+        assert torch.equal(bank.forward_into(x, work, out, k), bank.forward_copy(x, k).detach())
+    owner = torch.tensor([0] * 10 + [2] * 30)  # rows sorted by copy; copies 1 and 3 own nothing
+    out = torch.empty(40, 3)
+    got = bank.forward_sorted_into(x, owner, [10, 0, 30, 0], work, out)
+    expected = torch.cat([bank.forward_copy(x[:10], 0), bank.forward_copy(x[10:], 2)]).detach()
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="k is given exactly"):
+        bank.forward_into(x, work, out)

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from datamodules import ImageSignal
-from lightning_inr import ImageTask, NeuralExperts, SignalFit, Stage
+from lightning_inr import INR, FieldOutput, ImageTask, NeuralExperts, SDFTask, SignalFit, Stage
 from lightning_inr.label_maps import grid_labels, make_label_map
-from lightning_inr.losses import manager_pretraining_loss, q_weighted_mse
+from lightning_inr.losses import manager_pretraining_loss, q_weighted_mse, siren_sdf_terms
 from lightning_inr.stages import set_trainable, stage_index, validate_stages
 
 
@@ -206,3 +206,76 @@ def test_a_stage_must_train_something_of_the_network():
     with pytest.raises(ValueError, match="stage 'm': train='manager' trains no parameter of INR"):
         SignalFit(INR(encoder_width=8, width=8), ImageTask(), [Stage("m", 0.5, "manager"), Stage("a", 1.0)],
                   label_map="none")
+
+
+class Sphere(torch.nn.Module):
+    """The field scale·(|x| − radius), with the output of a one-expert network (an exact SDF for scale 1)."""
+
+    in_dim, out_dim, n_experts = 3, 1, 1
+
+    def __init__(self, radius: float = 0.5, scale: float = 1.0):
+        super().__init__()
+        self.radius, self.scale = radius, scale
+
+    def forward(self, coords):
+        f = self.scale * (coords.norm(dim=-1, keepdim=True) - self.radius)
+        n = coords.shape[0]
+        return FieldOutput(f, f.unsqueeze(0), None, f.new_ones(n, 1), torch.zeros(n, dtype=torch.long))
+
+
+def sphere_batch(n: int = 200, radius: float = 0.5) -> dict:
+    gen = torch.Generator().manual_seed(0)
+    directions = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen), dim=-1)
+    points = torch.rand(n, 3, generator=gen) * 2.2 - 1.1
+    return {"surface": radius * directions, "normals": directions, "points": points,
+            "sdf": points.norm(dim=-1) - radius}
+
+
+def test_siren_sdf_loss_on_known_fields():
+    batch, task = sphere_batch(), SDFTask(loss="siren")
+    distance = (batch["points"].norm(dim=-1) - 0.5).abs()
+    # the exact SDF: no surface, normal or eikonal error; the off-surface term is exp(−100|f|), over all 400 points
+    loss, logs = task.training_loss(Sphere(), batch)
+    assert logs["sdf_term"] < 1e-6 and logs["normal_term"] < 1e-6 and logs["eikonal_term"] < 1e-5
+    inter = (torch.exp(-100 * distance).sum() / 400).item()
+    assert logs["inter_term"] == pytest.approx(inter, rel=1e-5)
+    assert loss.item() == pytest.approx(1e2 * inter, rel=1e-4, abs=1e-3)
+    # twice the SDF: same zero set and normals, ‖∇f‖ = 2 everywhere, so the eikonal term is exactly 1
+    loss, logs = task.training_loss(Sphere(scale=2.0), batch)
+    assert logs["eikonal_term"] == pytest.approx(1.0, abs=1e-5) and logs["normal_term"] < 1e-6
+    inter = (torch.exp(-200 * distance).sum() / 400).item()
+    assert loss.item() == pytest.approx(1e2 * inter + 5e1 * 1.0, rel=1e-4)
+    # normals pointing inwards: 1 − cos = 2 on each of the 200 surface points, a mean of 1 over the batch
+    flipped = {**batch, "normals": -batch["normals"]}
+    assert task.training_loss(Sphere(), flipped)[1]["normal_term"] == pytest.approx(1.0, abs=1e-5)
+    # a shifted sphere: |f| = 0.1 on the surface, a mean of 0.05 over the batch, weighted 3e3
+    assert task.training_loss(Sphere(radius=0.4), batch)[1]["sdf_term"] == pytest.approx(0.05, rel=1e-4)
+
+
+def test_siren_sdf_terms_weights_and_their_gradients():
+    torch.manual_seed(0)
+    net = INR(in_dim=3, out_dim=1, encoder_width=16, encoder_layers=1, width=16, n_layers=2)
+    batch = sphere_batch(50)
+    weights = {"siren_sdf_weight": 1.0, "siren_inter_weight": 2.0, "siren_normal_weight": 3.0,
+               "siren_eikonal_weight": 4.0, "siren_inter_alpha": 10.0}
+    loss, logs = SDFTask(loss="siren", **weights).training_loss(net, batch)
+    expected = sum(w * logs[f"{k}_term"] for k, w in zip(("sdf", "inter", "normal", "eikonal"), (1, 2, 3, 4)))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()  # through ∇f: the eikonal and normal terms reach every layer
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    coords = torch.cat([batch["surface"], batch["points"]]).requires_grad_(True)
+    f = net(coords).pred
+    (grad,) = torch.autograd.grad(f.sum(), coords)
+    terms = siren_sdf_terms(f[:50], grad[:50], batch["normals"], f[50:], grad[50:], alpha=10.0)
+    assert {k: v.item() for k, v in terms.items()} == pytest.approx({k: logs[f"{k}_term"] for k in terms}, rel=1e-5)
+
+
+def test_siren_sdf_loss_is_for_one_network():
+    net = NeuralExperts(in_dim=3, out_dim=1, n_experts=2, encoder_width=8, expert_width=8, manager_encoder_width=8,
+                        manager_width=8)
+    with pytest.raises(ValueError, match="one network.*2 experts.*neural_experts"):
+        SDFTask(loss="siren").training_loss(net, sphere_batch(10))
+    with pytest.raises(ValueError, match="normals"):
+        SDFTask(loss="siren").training_loss(Sphere(), {k: v for k, v in sphere_batch(10).items() if k != "normals"})
+    with pytest.raises(ValueError, match="neural_experts\\|siren"):
+        SDFTask(loss="eikonal")

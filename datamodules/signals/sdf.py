@@ -39,15 +39,21 @@ def cube_grid(resolution: int, bound: float) -> torch.Tensor:
 class SDFSamples(SignalDataModule):
     """Samples of a mesh's signed distance in normalised coordinates (centred, max |x| = 1).
 
-    Each training step draws ``n_surface`` surface points (target 0), ``n_near`` of them jittered
-    with Laplace noise of scale ``near_scale`` and ``n_far`` with scale ``far_scale``; the target of
-    a point is the distance to the nearest of ``surface_samples`` dense surface samples, signed by
-    that sample's face normal (as in the official code).
+    Each training step draws ``n_surface`` surface points (target 0, with their face normals), ``n_near``
+    of them jittered with Laplace noise of scale ``near_scale``, ``n_far`` with scale ``far_scale`` and
+    ``n_uniform`` points uniform in the cube [−bound, bound]³ (SIREN's off-surface samples); the
+    target of a point is the distance to the nearest of ``surface_samples`` dense surface samples,
+    signed by that sample's face normal (as in the official code).
+
+    A batch: ``surface`` (n_surface, 3), ``normals`` (n_surface, 3, unit), ``points`` (near, far, then
+    uniform points, 3) and ``sdf`` (their targets).
 
     Args:
         path: the mesh file; ``samples/meshes/bunny.off`` is the Stanford bunny bundled in the package.
         n_surface, n_near, n_far: points per step (official 10k each).
         near_scale, far_scale: Laplace scales of the jitter (official 0.002 and 0.2).
+        n_uniform: off-surface points per step uniform in the cube (0 in the official recipe; SIREN's
+            recipe: as many as surface points, and no near/far ones).
         surface_samples: dense surface samples defining the distance (and the metrics' true surface).
         bound: the evaluation / pretraining cube is [−bound, bound]³.
         pretrain_resolution: manager pretraining uses a grid of this many points per axis.
@@ -71,6 +77,7 @@ class SDFSamples(SignalDataModule):
         pretrain_resolution: int = 32,
         steps_per_epoch: int = 100,
         seed: int = 0,
+        n_uniform: int = 0,
     ) -> None:
         super().__init__(steps_per_epoch)
         import trimesh
@@ -79,9 +86,14 @@ class SDFSamples(SignalDataModule):
         for name, value in [("n_surface", n_surface), ("surface_samples", surface_samples)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in [("n_near", n_near), ("n_far", n_far), ("n_uniform", n_uniform)]:
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if n_near + n_far + n_uniform < 1:
+            raise ValueError("n_near + n_far + n_uniform must be >= 1: the losses need off-surface points")
         self.path = path
         self.n_surface, self.n_near, self.n_far = n_surface, n_near, n_far
-        self.near_scale, self.far_scale = near_scale, far_scale
+        self.near_scale, self.far_scale, self.n_uniform = near_scale, far_scale, n_uniform
         self.bound, self.pretrain_resolution = bound, pretrain_resolution
         mesh = load_mesh(path)
         points, faces = trimesh.sample.sample_surface(mesh, surface_samples, seed=seed)
@@ -106,14 +118,19 @@ class SDFSamples(SignalDataModule):
     def train_batch(self) -> dict:
         rng = self._rng
         n_all = len(self.points)
-        surface = self.points[rng.integers(0, n_all, self.n_surface)]
+        on = rng.integers(0, n_all, self.n_surface)
+        surface = self.points[on]
         near = self.points[rng.integers(0, n_all, self.n_near)]
         near = near + rng.laplace(scale=self.near_scale, size=near.shape)
         far = self.points[rng.integers(0, n_all, self.n_far)]
         far = far + rng.laplace(scale=self.far_scale, size=far.shape)
-        off = np.concatenate([near, far]).astype(np.float32)
+        parts = [near, far]
+        if self.n_uniform:  # drawn last: without them the random stream is the official recipe's
+            parts.append(rng.uniform(-self.bound, self.bound, size=(self.n_uniform, 3)))
+        off = np.concatenate(parts).astype(np.float32)
         return {
             "surface": torch.from_numpy(surface),
+            "normals": torch.from_numpy(self.normals[on]),
             "points": torch.from_numpy(off),
             "sdf": torch.from_numpy(self.signed_distance(off)),
         }
