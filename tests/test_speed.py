@@ -4,6 +4,8 @@ No timing asserts: timings on a shared machine are noise."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from lightning_inr.tasks import ImageTask
 from lightning_mae.masking import random_ids_shuffle
 from lightning_mae.optim import param_groups_weight_decay
 from lightning_mae.pretrain import MAEPretraining, adamw
+from lightning_run import compile_once
 from tests.test_mae_model import tiny
 
 
@@ -97,3 +100,39 @@ def test_compiled_inr_gives_the_eager_output():
     module.configure_model()
     assert torch.allclose(module.network(coords).pred, eager, rtol=1e-5, atol=1e-6)
     assert "network._orig_mod" not in " ".join(module.state_dict())
+
+
+class _Doubler(torch.nn.Module):
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def forward(self, x):
+        if self.fail:
+            raise ValueError("a bug of the module")
+        return 2 * x
+
+    def compile(self, *args, **kwargs):  # stands in for a compiler that cannot build this forward
+        def broken(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        self._compiled_call_impl = broken
+
+
+def test_a_forward_the_compiler_cannot_build_runs_eager_with_one_warning():
+    owner, module = torch.nn.Module(), _Doubler()
+    compile_once(owner, module, True)
+    with pytest.warns(UserWarning, match="torch.compile failed for _Doubler .*C\\+\\+ compiler.*running eager"):
+        assert torch.equal(module(torch.ones(2)), torch.full((2,), 2.0))
+    assert module._compiled_call_impl is None  # eager from now on: no second attempt, no second warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(module(torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_an_error_of_the_module_itself_is_raised_not_hidden_by_the_fallback():
+    owner, module = torch.nn.Module(), _Doubler(fail=True)
+    compile_once(owner, module, True)
+    with pytest.raises(ValueError, match="a bug of the module"):
+        module(torch.ones(2))
+    assert module._compiled_call_impl is not None
