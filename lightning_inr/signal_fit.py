@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_inr.artifacts import log_files_to_wandb
 from lightning_inr.field import CoordinateNetwork, check_network
@@ -171,7 +172,14 @@ class SignalFit(pl.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
 
     def configure_model(self) -> None:
-        compile_once(self, self.network, bool(self.hparams.get("compile")))
+        compile_ = bool(self.hparams.get("compile"))
+        if compile_ and self.task.double_backward:
+            if not getattr(self, "_compile_skip_said", False):
+                rank_zero_info(f"compile: off for {type(self.task).__name__}'s loss, which differentiates the "
+                               "network's gradient (a double backward torch.compile does not support)")
+                self._compile_skip_said = True
+            compile_ = False
+        compile_once(self, self.network, compile_)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.lr, betas=self.betas)

@@ -41,6 +41,11 @@ class Task:
 
     chunk_size: int = 65536
 
+    @property
+    def double_backward(self) -> bool:
+        """Whether the loss differentiates a gradient of the network (which ``torch.compile`` cannot)."""
+        return False
+
     def training_loss(self, network: CoordinateNetwork, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
@@ -182,6 +187,10 @@ class SDFTask(Task):
         self.surface_weight, self.sdf_weight, self.clamp = surface_weight, sdf_weight, clamp
         self.eval_resolution, self.eval_points, self.trimap_d = eval_resolution, eval_points, tuple(trimap_d)
         self.chunk_size = chunk_size
+
+    @property
+    def double_backward(self) -> bool:
+        return self.loss == "siren"  # |∇f| and ∇f·n are trained
 
     def training_loss(self, network, batch):
         if self.loss == "siren":

@@ -136,3 +136,13 @@ def test_an_error_of_the_module_itself_is_raised_not_hidden_by_the_fallback():
     with pytest.raises(ValueError, match="a bug of the module"):
         module(torch.ones(2))
     assert module._compiled_call_impl is not None
+
+
+def test_a_loss_through_the_gradient_keeps_the_network_eager():
+    from lightning_inr.tasks import SDFTask
+
+    module = SignalFit(INR(in_dim=3, out_dim=1, encoder_width=8, width=8), SDFTask(loss="siren"),
+                       [Stage("fit", 1.0)], label_map="none", compile=True)
+    module.configure_model()  # SIREN's SDF loss needs a double backward, which torch.compile cannot do
+    assert module.network._compiled_call_impl is None
+    assert SDFTask().double_backward is False and SDFTask(loss="siren").double_backward is True
