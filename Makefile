@@ -94,7 +94,7 @@ shards: install
 	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
 
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
-.PHONY: data-inr kodak bench-inr inr-image inr-audio inr-sdf
+.PHONY: data-inr kodak bench-inr bench-inr-compile inr-image inr-audio inr-sdf
 INR_DATA   ?= data
 KODAK_DIR  ?= $(INR_DATA)/kodak
 KODAK_ARGS ?=
@@ -112,6 +112,10 @@ kodak: install
 
 bench-inr: install
 	$(PY) -m benchmarks.inr_speed
+
+# eager vs torch.compile per step (SIREN, Neural Experts K = 4): what SignalFit(compile="auto") relies on
+bench-inr-compile: install
+	$(PY) -m benchmarks.inr_speed --compile 4 --steps 5
 
 inr-image: install
 	$(CLI) fit --config experiments/inr_image.yaml

@@ -146,3 +146,23 @@ def test_a_loss_through_the_gradient_keeps_the_network_eager():
     module.configure_model()  # SIREN's SDF loss needs a double backward, which torch.compile cannot do
     assert module.network._compiled_call_impl is None
     assert SDFTask().double_backward is False and SDFTask(loss="siren").double_backward is True
+
+
+@pytest.mark.parametrize(("compile_", "trainer_kw", "expected"), [
+    ("auto", {"max_steps": 30000}, True),  # the configs' fits: compiled
+    ("auto", {"max_steps": 999}, False),  # short fits: the compile would not pay off
+    ("auto", {"max_steps": 30000, "fast_dev_run": True}, False),
+    (False, {"max_steps": 30000}, False),
+    (True, {"max_steps": 10}, True),
+])
+def test_auto_compile_is_for_long_fits(compile_, trainer_kw, expected):
+    import lightning.pytorch as pl
+
+    module = SignalFit(INR(encoder_width=8, width=8), ImageTask(lpips=False), [Stage("fit", 1.0)], compile=compile_)
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, **trainer_kw)
+    assert module.wants_compile() is expected
+    module.configure_model()  # compiles lazily: nothing is built before the first call
+    assert (module.network._compiled_call_impl is not None) is expected
+    with pytest.raises(ValueError, match="compile must be true, false or 'auto'"):
+        SignalFit(INR(encoder_width=8, width=8), ImageTask(lpips=False), compile="yes")
