@@ -195,7 +195,9 @@ def informed_ids_shuffle(
 
 class PatchEncoder(Protocol):
     """What the masking needs of the model: its size and its no-grad mid-layer features (with
-    ``source="decoder"`` also ``decoder_depth`` and ``decoder_patch_features``, as ``MaskedAutoencoderViT``)."""
+    ``source="decoder"`` also ``decoder_depth`` and ``decoder_patch_features``; for the pass shared with the
+    online probe, ``features_with_encoder_output``, also ``forward_features`` and
+    ``features_with_patch_features``: all as ``MaskedAutoencoderViT``)."""
 
     num_patches: int
     depth: int
