@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_inr.baselines import INR
-from lightning_inr.experts import NeuralExperts
+from lightning_inr.experts import NeuralExperts, condition  # unchanged by the speed work
 from lightning_inr.field import FieldOutput
 from lightning_inr.inference import render
 from lightning_inr.losses import q_weighted_mse
@@ -97,21 +97,9 @@ def legacy_encoder(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return legacy_mlp(encoder.mlp, x)
 
 
-def legacy_condition(manager_feats: torch.Tensor, expert_feats: torch.Tensor, mode: str) -> torch.Tensor:
-    if mode == "none":
-        return manager_feats
-    if mode == "cat":
-        extra = expert_feats
-    elif mode == "max":
-        extra = expert_feats.max(dim=0, keepdim=True).values.expand_as(expert_feats)
-    else:
-        extra = expert_feats.mean(dim=0, keepdim=True).expand_as(expert_feats)
-    return torch.cat([manager_feats, extra], dim=-1)
-
-
 def legacy_route(net: NeuralExperts, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     expert_feats = legacy_encoder(net.expert_encoder, coords)
-    manager_in = legacy_condition(legacy_encoder(net.manager_encoder, coords), expert_feats, net.conditioning)
+    manager_in = condition(legacy_encoder(net.manager_encoder, coords), expert_feats, net.conditioning)
     return expert_feats, legacy_mlp(net.manager, manager_in)
 
 
