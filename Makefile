@@ -94,10 +94,9 @@ shards: install
 	@if [ -d $(IMAGENET_DIR)/val ]; then $(PY) -m datamodules.pretraining.streaming convert $(IMAGENET_DIR)/val $(SHARDS_DIR)/val $(SHARDS_ARGS); fi
 
 # ---------------------------------------------------------------- Neural Experts (lightning_inr)
-.PHONY: data-inr kodak bench-inr bench-inr-compile inr-image inr-audio inr-sdf
+.PHONY: data-inr paper-tables bench-inr bench-inr-compile inr-image inr-audio inr-sdf manager
 INR_DATA   ?= data
 KODAK_DIR  ?= $(INR_DATA)/kodak
-KODAK_ARGS ?=
 
 # The configs fit the samples bundled in the package (datamodules/signals/samples: kodim19, gt_bach, bunny).
 # The full sets (Kodak 1-24, the three audio clips, bunny + armadillo) go to $(INR_DATA)/ from their public
@@ -105,10 +104,15 @@ KODAK_ARGS ?=
 data-inr: install
 	$(PY) -m datamodules.signals.download --out $(INR_DATA)
 
-# Fit every Kodak image of $(KODAK_DIR) (`make data-inr` first) with every method and write runs/kodak/table.md
-# (e.g. `make kodak KODAK_ARGS="--images kodim19.png --methods neural_experts siren --steps 2000"`).
-kodak: install
-	$(PY) -m benchmarks.kodak_table --folder $(KODAK_DIR) --out runs/kodak $(KODAK_ARGS)
+# The paper's tables on a CPU budget (benchmarks/paper_tables.py): each writes docs/neural-experts-results/<table>.md
+# and <table>.png (curves); fits already in runs/paper are reused. Kodak and audio read $(INR_DATA) (`make data-inr`).
+# e.g. `make paper-kodak PAPER_ARGS="--steps 30000 --signals all"` for the paper's budget on all 24 images.
+PAPER_TABLES ?= kodak variants audio sdf ablations
+PAPER_ARGS   ?=
+PAPER_OUT    ?= docs/neural-experts-results
+paper-tables: $(addprefix paper-,$(PAPER_TABLES))
+paper-%: install
+	$(PY) -m benchmarks.paper_tables $* --kodak $(KODAK_DIR) --audio $(INR_DATA)/audio --out $(PAPER_OUT) $(PAPER_ARGS)
 
 bench-inr: install
 	$(PY) -m benchmarks.inr_speed
@@ -116,6 +120,14 @@ bench-inr: install
 # eager vs torch.compile per step (SIREN, Neural Experts K = 4): what SignalFit(compile="auto") relies on
 bench-inr-compile: install
 	$(PY) -m benchmarks.inr_speed --compile 4 --steps 5
+
+# The pretrained manager shipped for the image setting (128² grid, K = 4, random labels, image-independent):
+# experiments/inr_image.yaml's managers/image_128_k4_random.pt. 3,000 full-batch Adam steps, seed 0: ~9 min on two
+# CPU cores (MANAGER_ARGS="--device cuda" on a GPU). tests/test_inr_training.py checks that it reproduces the file.
+MANAGER_OUT  ?= lightning_inr/managers/image_128_k4_random.pt
+MANAGER_ARGS ?=
+manager: install
+	$(PY) -m lightning_inr.manager_pretraining --resolution 128 --experts 4 --out $(MANAGER_OUT) $(MANAGER_ARGS)
 
 inr-image: install
 	$(CLI) fit --config experiments/inr_image.yaml

@@ -3,13 +3,18 @@
 It only orchestrates: the network (any :class:`~lightning_inr.field.CoordinateNetwork`:
 :class:`NeuralExperts` or :class:`INR`), the task (loss, metrics, outputs) and the stages (data) are
 plain objects given as typed arguments, so ``lightning fit --print_config`` shows every knob.
+
+A fit of a network with a manager has two phases: the manager phase (load ``manager_checkpoint``, or
+pretrain the manager with :func:`~lightning_inr.manager_pretraining.pretrain_manager`, its own optimizer
+and steps, and save it there), then the Trainer's steps, which are all reconstruction steps: the lr
+schedule and the stages start with them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
+import time
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -19,7 +24,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_inr.artifacts import log_files_to_wandb
 from lightning_inr.field import CoordinateNetwork, check_network
 from lightning_inr.label_maps import LabelMapKind, make_label_map
-from lightning_inr.losses import manager_pretraining_loss
 from lightning_inr.stages import (
     Stage,
     default_stages,
@@ -34,31 +38,46 @@ from lightning_run import compile_once, run_dir
 
 log = logging.getLogger(__name__)
 
+
+def _manager_pretraining():
+    """:mod:`lightning_inr.manager_pretraining`, imported when first needed: the package does not import it,
+    so that ``python -m lightning_inr.manager_pretraining`` runs it once (no runpy double-import warning)."""
+    from lightning_inr import manager_pretraining
+
+    return manager_pretraining
+
 AUTO_COMPILE_MIN_STEPS = 1000
 """``compile="auto"`` compiles fits of at least this many steps (``trainer.max_steps``)."""
 
 
 class SignalFit(pl.LightningModule):
-    """Fit a signal with an INR, stage by stage.
+    """Fit a signal with an INR: the manager phase, then the reconstruction stages.
 
     Args:
         network: the coordinate network (``lightning_inr.NeuralExperts`` or ``lightning_inr.INR``): any
             ``nn.Module`` satisfying :class:`~lightning_inr.field.CoordinateNetwork` (else a ``TypeError``
-            naming what it lacks). Without a manager, no stage may pretrain one.
+            naming what it lacks). Without a manager there is no manager phase.
         task: ``lightning_inr.ImageTask`` / ``AudioTask`` / ``SDFTask``.
-        stages: the training stages (default: manager pretraining 10 %, all 80 %, experts 100 %).
+        stages: the reconstruction stages, over the Trainer's steps (default: all parameters until 0.8,
+            experts only until 1.0). A stage with ``objective: manager`` (the in-schedule pretraining of
+            earlier versions) raises an error pointing to ``manager_steps``.
         lr, betas: Adam (official: 1e-5 images/audio, 3e-5 SDF; betas 0.9, 0.999).
-        lr_gamma: ExponentialLR factor applied every step (official 0.9999).
+        lr_gamma: ExponentialLR factor applied every step (official 0.9999), from the first reconstruction step.
         label_map: what the manager is pretrained to reproduce: ``random|grid|kmeans|none``
-            (``none`` skips the manager stages).
+            (``none``: no manager phase).
         kmeans_coord_weight: weight of the coordinates in k-means features (0 = values only).
         label_seed: seed of the random label map.
+        manager_steps: steps of the manager phase (official 3,000; 0 = no pretraining), not counted in the
+            Trainer's steps; its own Adam (``betas``) and ExponentialLR (``lr_gamma``). One step under
+            ``fast_dev_run``. Logged as ``manager/loss``, ``manager/accuracy``, ``manager/lr`` (step = phase step).
+        manager_lr: its learning rate (``None`` = ``lr``, as the official code).
         pretrain_label_smoothing, pretrain_uniform_weight, pretrain_weight: the manager loss
             (``weight``·(CE with smoothing + ``uniform_weight``·BCE towards 1/K); official 1000, 0.01, 0.1).
-        manager_checkpoint: file of a pretrained manager. If it exists, it is loaded (the network's
-            ``manager_modules()``: for Neural Experts the manager, manager encoder and expert encoder)
-            and the manager stages are skipped; if not, the manager stages run and their result is
-            saved there for later runs.
+        manager_checkpoint: file of a pretrained manager (``managers/<file>``: one shipped in the package,
+            see :func:`~lightning_inr.manager_pretraining.resolve_manager_checkpoint`). If it exists it is
+            loaded (the network's ``manager_modules()``: for Neural Experts the manager, manager encoder and
+            expert encoder) and the manager phase is skipped; if not, the phase runs and its result is saved
+            there for later runs (not from a ``fast_dev_run``). ``None``: the phase runs at every fit.
         write_outputs: write the reconstruction and expert map at the end of fit.
         compile: ``torch.compile`` the network's forward (in place: state-dict keys unchanged). ``"auto"``
             (default): for fits of at least ``AUTO_COMPILE_MIN_STEPS`` steps (the configs' 30k), where its
@@ -80,6 +99,8 @@ class SignalFit(pl.LightningModule):
         label_map: LabelMapKind = "random",
         kmeans_coord_weight: float = 0.0,
         label_seed: int = 0,
+        manager_steps: int = 3000,
+        manager_lr: float | None = None,
         pretrain_label_smoothing: float = 0.01,
         pretrain_uniform_weight: float = 0.1,
         pretrain_weight: float = 1000.0,
@@ -96,45 +117,30 @@ class SignalFit(pl.LightningModule):
         stages = list(stages) if stages is not None else default_stages()
         validate_stages(stages)
         has_manager = bool(network.manager_modules())
-        if not has_manager and any(s.objective == "manager" for s in stages):
-            raise ValueError(
-                "stages: a 'manager' objective needs a network with a manager (NeuralExperts); "
-                f"{type(network).__name__} has none"
-            )
+        if manager_steps < 0:
+            raise ValueError(f"manager_steps must be >= 0, got {manager_steps}")
         for s in stages:
             if not trainable_parameters(network, s.train):
                 raise ValueError(f"stage {s.name!r}: train={s.train!r} trains no parameter of {type(network).__name__}")
         self.stages = stages
-        self._has_manager = has_manager
         self.lr, self.betas, self.lr_gamma = lr, tuple(betas), lr_gamma
         self.label_map_kind = label_map
-        self.manager_checkpoint = Path(manager_checkpoint) if manager_checkpoint else None
+        self.manager_checkpoint = _manager_pretraining().resolve_manager_checkpoint(manager_checkpoint)
         self._active: int | None = None
-        self._labels: torch.Tensor | None = None
-        self._pt_coords: torch.Tensor | None = None
-        self._skip_manager = label_map == "none" or not has_manager
+        self.manager_phase: dict | None = None  # what the manager phase did (loaded / pretrained), for logs
+        self._has_manager_phase = has_manager and label_map != "none"
+        # time in this process's training steps (no validation, no manager phase), for metrics.json
+        self._train_seconds, self._timed_steps, self._step_started = 0.0, 0, 0.0
 
     # ------------------------------------------------------------------ stages
 
     @property
-    def effective_stages(self) -> list[Stage]:
-        """The stages that run: manager stages dropped when skipped (their steps go to the next)."""
-        if self._skip_manager:
-            kept = [s for s in self.stages if s.objective != "manager"]
-            if not kept:
-                raise ValueError("stages: only manager stages are left once pretraining is skipped")
-            return kept
-        return self.stages
-
-    @property
     def current_stage(self) -> Stage:
-        return self.effective_stages[self._active if self._active is not None else 0]
+        return self.stages[self._active if self._active is not None else 0]
 
     def _enter_stage(self, index: int) -> None:
-        stages = self.effective_stages
+        stages = self.stages
         leaving = stages[self._active] if self._active is not None else None
-        if leaving is not None and leaving.objective == "manager" and stages[index].objective != "manager":
-            self._save_pretrained_manager()
         self._active = index
         stage = stages[index]
         set_trainable(self.network, stage.train)
@@ -144,41 +150,53 @@ class SignalFit(pl.LightningModule):
                 reset_optimizer_state(opt)
         log.info("stage %r from step %d (train=%s)", stage.name, self.global_step, stage.train)
 
-    # ------------------------------------------------------------------ pretrained manager
+    # ------------------------------------------------------------------ the manager phase
 
-    def _save_pretrained_manager(self) -> None:
-        path = self.manager_checkpoint
-        # Saved only once a manager stage has run to its end; never from a debug run.
-        if path is None or path.exists() or self.global_rank != 0 or self.trainer.fast_dev_run:
+    def _run_manager_phase(self) -> None:
+        """Load the manager from ``manager_checkpoint``, or pretrain it (and save it there)."""
+        mp = _manager_pretraining()
+        hp, trainer, path = self.hparams, self.trainer, self.manager_checkpoint
+        data = trainer.datamodule
+        coords = data.pretraining_coords()
+        if path is not None and path.exists():
+            meta = mp.load_manager(self.network, path, self.label_map_kind, coords.shape[0])
+            self.manager_phase = {"source": str(path), "accuracy": meta.get("accuracy")}
+            log.info("loaded the pretrained manager from %s", path)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: module.state_dict() for name, module in self.network.manager_modules().items()}
-        state["meta"] = {"label_map": self.label_map_kind, "n_experts": self.network.n_experts}
-        torch.save(state, path)
-        log.info("saved the pretrained manager to %s", path)
+        if hp.manager_steps == 0:
+            return
+        values = data.pretraining_values() if self.label_map_kind == "kmeans" else None
+        labels = make_label_map(self.label_map_kind, coords, self.network.n_experts, values,
+                                hp.kmeans_coord_weight, hp.label_seed)
+        steps = min(1, hp.manager_steps) if trainer.fast_dev_run else hp.manager_steps
+        log.info("manager pretraining: %d steps on %d points (label map %s)", steps, coords.shape[0],
+                 self.label_map_kind)
 
-    def _load_pretrained_manager(self) -> None:
-        path = self.manager_checkpoint
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # corrupt or foreign file
-            raise ValueError(f"manager_checkpoint {path}: cannot be read as a pretrained manager ({err})") from err
-        modules = self.network.manager_modules()
-        missing = [name for name in modules if name not in state]
-        if missing:
-            raise ValueError(f"manager_checkpoint {path}: not a pretrained manager (missing {missing})")
-        meta = state.get("meta", {})
-        if meta.get("label_map") not in (None, self.label_map_kind):
-            raise ValueError(
-                f"manager_checkpoint {path}: pretrained on label_map={meta['label_map']!r}, "
-                f"this run asks for {self.label_map_kind!r}"
-            )
-        for name, module in modules.items():
-            try:
-                module.load_state_dict(state[name])
-            except RuntimeError as err:
-                raise ValueError(f"manager_checkpoint {path}: does not fit this network's {name}: {err}") from err
-        log.info("loaded the pretrained manager from %s", path)
+        def to_loggers(step: int, metrics: dict[str, float]) -> None:
+            for logger in trainer.loggers:  # the loggers write from rank 0 only
+                logger.log_metrics({f"manager/{k}": v for k, v in metrics.items()}, step=step)
+
+        result = mp.pretrain_manager(
+            self.network, coords, labels, steps, hp.manager_lr if hp.manager_lr is not None else self.lr,
+            self.betas, self.lr_gamma, hp.pretrain_weight, hp.pretrain_label_smoothing, hp.pretrain_uniform_weight,
+            log_every=max(1, trainer.log_every_n_steps), on_log=to_loggers,
+        )
+        if trainer.world_size > 1:  # every rank pretrained the same way; make them equal to the last bit
+            params = mp.manager_parameters(self.network)
+            state = trainer.strategy.broadcast([p.detach().cpu() for p in params], src=0)
+            with torch.no_grad():
+                for p, value in zip(params, state):
+                    p.copy_(value)
+        self.manager_phase = {"source": "pretrained", "steps": steps, "accuracy": result["accuracy"],
+                              "seconds": result["seconds"]}
+        log.info("manager pretraining: label accuracy %.4f, loss %.4f after %d steps (%.0f s)",
+                 result["accuracy"], result["loss"], steps, result["seconds"])
+        if path is not None and not trainer.fast_dev_run and trainer.is_global_zero:
+            meta = {"label_map": self.label_map_kind, "n_points": coords.shape[0], "steps": steps,
+                    "lr": hp.manager_lr if hp.manager_lr is not None else self.lr, "lr_gamma": self.lr_gamma,
+                    "label_seed": hp.label_seed, "loss": result["loss"], "accuracy": result["accuracy"]}
+            mp.save_manager(self.network, path, meta)
+            log.info("saved the pretrained manager to %s", path)
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -208,18 +226,10 @@ class SignalFit(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        if self._has_manager and self.manager_checkpoint is not None and self.manager_checkpoint.exists():
-            self._load_pretrained_manager()
-            self._skip_manager = True
-        if not self._skip_manager and any(s.objective == "manager" for s in self.stages):
-            data = self.trainer.datamodule
-            coords = data.pretraining_coords()
-            values = data.pretraining_values() if self.label_map_kind == "kmeans" else None
-            labels = make_label_map(
-                self.label_map_kind, coords, self.network.n_experts, values,
-                self.hparams.kmeans_coord_weight, self.hparams.label_seed,
-            )
-            self._pt_coords, self._labels = coords.to(self.device), labels.to(self.device)
+        # Before the first step, outside the Trainer's steps and lr schedule. A resumed fit restored the
+        # trained manager from its checkpoint already: loading or pretraining again would undo that.
+        if self._has_manager_phase and self.trainer.ckpt_path is None:
+            self._run_manager_phase()
         self._active = None
 
     def _total_steps(self) -> int:
@@ -229,31 +239,23 @@ class SignalFit(pl.LightningModule):
         return max(1, int(total))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        index = stage_index(self.effective_stages, self.global_step, self._total_steps())
+        index = stage_index(self.stages, self.global_step, self._total_steps())
         if index != self._active:
             self._enter_stage(index)
-        stage = self.current_stage
-        if stage.objective == "manager":
-            logits = self.network.manager_logits(self._pt_coords)
-            seg = manager_pretraining_loss(
-                logits, self._labels, self.hparams.pretrain_label_smoothing, self.hparams.pretrain_uniform_weight
-            )
-            loss = self.hparams.pretrain_weight * seg
-            accuracy = (logits.argmax(-1) == self._labels).float().mean()
-            logs = {"label_accuracy": float(accuracy)}
-        else:
-            loss, logs = self.task.training_loss(self.network, batch)
+        loss, logs = self.task.training_loss(self.network, batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/stage", float(self._active))
         for key, value in logs.items():
             self.log(f"train/{key}", value)
         return loss
 
-    def on_train_end(self) -> None:
-        # A run made only of manager pretraining (e.g. `make kodak` pretraining once) saves at its end.
-        if self._active is not None and self.current_stage.objective == "manager":
-            if self.global_step >= self._total_steps():
-                self._save_pretrained_manager()
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # after the optimizer step: forward, backward and update (what a table's "time per step" means)
+        self._train_seconds += time.perf_counter() - self._step_started
+        self._timed_steps += 1
 
     def validation_step(self, batch, batch_idx: int) -> None:
         results = self.task.evaluate(self.network, self.trainer.datamodule)
@@ -270,6 +272,12 @@ class SignalFit(pl.LightningModule):
         results = self.task.evaluate(self.network, self.trainer.datamodule, final=True)
         results["parameters"] = sum(p.numel() for p in self.network.parameters())
         results["steps"] = self.global_step
+        if self._timed_steps:
+            results["seconds_per_step"] = self._train_seconds / self._timed_steps
+        if self.manager_phase is not None and self.manager_phase.get("accuracy") is not None:
+            results["manager_accuracy"] = float(self.manager_phase["accuracy"])  # on its label map
+            if "seconds" in self.manager_phase:
+                results["manager_seconds"] = self.manager_phase["seconds"]
         (directory / "metrics.json").write_text(json.dumps(results, indent=2))
         files = self.task.write_outputs(self.network, self.trainer.datamodule, directory)
         for lg in self.trainer.loggers:

@@ -1,9 +1,11 @@
-"""Training stages as data: which objective, which parameters, until which fraction of the steps.
+"""Training stages as data: which parameters train, until which fraction of the reconstruction steps.
 
-The official recipe is three stages: the manager learns a fixed label map, then every parameter
-fits the signal, then only the experts do (manager, manager encoder and expert encoder frozen),
-so the partition of the domain stops moving while the experts refine. At every switch the
-optimizer's state (Adam moments, step counts) is cleared; the learning rate carries over.
+The official recipe: every parameter fits the signal until 80 % of the steps, then only the experts
+do (manager, manager encoder and expert encoder frozen), so the partition of the domain stops moving
+while the experts refine. At every switch the optimizer's state (Adam moments, step counts) is
+cleared; the learning rate carries over. Manager pretraining is not a stage: it is a phase of its own
+before the first step (:mod:`lightning_inr.manager_pretraining`, ``SignalFit.manager_steps``), so the
+stages, the Trainer's steps and the lr schedule count reconstruction steps only.
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ import torch
 from lightning_inr.field import PARAMETER_GROUPS, CoordinateNetwork, ParameterGroup
 
 Trainable = Literal["all", "experts", "manager"]
-Objective = Literal["manager", "reconstruction"]
+# ``manager`` is no longer a stage objective (manager pretraining is a phase of its own); it is still accepted
+# by the type so that a config naming it gets the explanation below instead of a bare type error.
+Objective = Literal["reconstruction", "manager"]
+
+RETIRED_MANAGER_STAGE = (
+    "objective 'manager' is no longer a stage: manager pretraining is a phase of its own before the "
+    "reconstruction steps (SignalFit.manager_steps, default 3000, with manager_lr; its result is saved to and "
+    "reused from manager_checkpoint), so the stages, max_steps and the lr schedule count reconstruction steps "
+    "only. Remove this stage and let the next ones start at 0 (the default stages are [all until 0.8, experts "
+    "until 1.0]); to pretrain a manager without fitting, run python -m lightning_inr.manager_pretraining"
+)
 
 # Which parameter groups (see ``CoordinateNetwork.parameter_groups``) each choice trains.
 TRAINABLE_GROUPS: dict[str, tuple[ParameterGroup, ...]] = {
@@ -32,9 +44,10 @@ class Stage:
 
     Attributes:
         name: shown in logs.
-        until: the stage ends at this fraction of the run's total steps (stages run in order).
+        until: the stage ends at this fraction of the run's (reconstruction) steps; stages run in order.
         train: ``all``, ``experts`` (only the experts' own layers) or ``manager`` (manager + its encoder).
-        objective: ``manager`` = pretrain the manager on the label map, ``reconstruction`` = fit the signal.
+        objective: ``reconstruction`` (fit the signal), the only one. ``manager`` was the in-schedule
+            manager pretraining of earlier versions and now raises an error that says what replaced it.
     """
 
     name: str
@@ -44,9 +57,8 @@ class Stage:
 
 
 def default_stages() -> list[Stage]:
-    """The paper's recipe: manager pretraining 10 %, all parameters to 80 %, experts only to 100 %."""
+    """The paper's recipe: all parameters to 80 %, experts only to 100 % (after the manager phase)."""
     return [
-        Stage("manager_pretraining", 0.1, "all", "manager"),
         Stage("all", 0.8, "all", "reconstruction"),
         Stage("experts", 1.0, "experts", "reconstruction"),
     ]
@@ -60,8 +72,10 @@ def validate_stages(stages: list[Stage]) -> None:
     for s in stages:
         if s.train not in TRAINABLE_GROUPS:
             raise ValueError(f"stage {s.name!r}: train must be all|experts|manager, got {s.train!r}")
-        if s.objective not in ("manager", "reconstruction"):
-            raise ValueError(f"stage {s.name!r}: objective must be manager|reconstruction, got {s.objective!r}")
+        if s.objective == "manager":
+            raise ValueError(f"stage {s.name!r}: {RETIRED_MANAGER_STAGE}")
+        if s.objective != "reconstruction":
+            raise ValueError(f"stage {s.name!r}: objective must be reconstruction, got {s.objective!r}")
         if not previous < s.until <= 1.0:
             raise ValueError(f"stage {s.name!r}: 'until' must increase and lie in (0, 1], got {s.until}")
         previous = s.until

@@ -75,12 +75,13 @@ def test_inr_two_processes_match_one(tmp_path: Path) -> None:
     def overrides() -> dict:
         return {
             "trainer": {"max_steps": 12, "check_val_every_n_epoch": 100},
-            "model": {"init_args": {"manager_checkpoint": None}},
+            # The manager phase runs (4 steps, on every rank, rank 0's result broadcast) before the 12 steps.
+            "model": {"init_args": {"manager_checkpoint": None, "manager_steps": 4}},
             "data": {"init_args": {"size": 32, "steps_per_epoch": 6}},
         }
 
     one = _fit(tmp_path, "one", "inr_image.yaml", 1, overrides())
-    # The stages train different parameter sets (manager pretraining leaves the experts out).
+    # The stages train different parameter sets (the experts-only stage leaves the encoders and the manager out).
     two = _fit(tmp_path, "two", "inr_image.yaml", 2, overrides(), ddp="ddp_find_unused_parameters_true")
     assert two["world_size"] == 2 and len(one["losses"]) == len(two["losses"]) == 12
     assert two["lrs"] == pytest.approx(one["lrs"], rel=1e-6)

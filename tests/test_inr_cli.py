@@ -1,4 +1,5 @@
-"""`fast_dev_run` of every inr_*.yaml config through the `lightning` command on the bundled samples."""
+"""`fast_dev_run` of every inr_*.yaml config through the `lightning` command on the bundled samples (and, for
+inr_image.yaml, the manager shipped in the package, found from another working directory)."""
 
 import os
 import subprocess
@@ -40,7 +41,7 @@ def test_fast_dev_run(config, tmp_path, monkeypatch):
     out = tmp_path / "run"
     cli([
         "fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={out}",
-        "--model.init_args.manager_checkpoint=null", *SMALL[kind(config)],
+        *SMALL[kind(config)],
     ])
     assert (out / "metrics.json").is_file()
     suffix = {"image": ".png", "audio": ".wav", "sdf": ".ply"}[kind(config)]
@@ -54,8 +55,9 @@ def test_lightning_console_script_fits_an_image(tmp_path):
     command = Path(sys.executable).with_name("lightning")
     proc = subprocess.run(
         [str(command), "fit", "--config", str(REPO / "experiments" / "inr_image.yaml"), "--trainer.fast_dev_run=true",
-         f"--trainer.default_root_dir={out}", "--model.init_args.manager_checkpoint=null", "--data.init_args.size=16"],
+         f"--trainer.default_root_dir={out}", "--data.init_args.size=16"],
         cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "reconstruction.png").is_file() and (out / "expert_map.png").is_file()
+    assert "loaded the pretrained manager from" in proc.stderr and "image_128_k4_random.pt" in proc.stderr

@@ -5,7 +5,7 @@
 writes ``data/kodak/kodim01..24.png``, ``data/audio/{gt_bach,gt_counting,gt_twospeakers}.wav`` (+
 ``gt_twospeakers_segments.json``) and ``data/meshes/{bunny,armadillo}.off``. One sample of each ships
 inside the package (``datamodules/signals/samples``, used by the configs as ``samples/...``); this is
-for the full sets, e.g. ``benchmarks.kodak_table --folder data/kodak``.
+for the full sets, e.g. ``benchmarks.paper_tables kodak --kodak data/kodak``.
 
 Sources (every file is checked against the sha256 recorded here):
 
