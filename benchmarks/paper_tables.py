@@ -80,7 +80,8 @@ _FF_NET = {**_SOFTPLUS_NET, "fourier_features": 64, "ff_sigma": 1.0}
 TABLES: dict[str, Table] = {
     "kodak": Table(
         "Kodak (×4 down, 128² centre crop): SIREN, SIREN wider, Neural Experts",
-        (SIREN, SIREN_WIDER, NE), ("kodim01.png", "kodim19.png", "kodim23.png"), "psnr", ("psnr", "ssim"),
+        (SIREN, SIREN_WIDER, NE), ("kodim01.png", "kodim19.png", "kodim23.png"), "psnr",
+        ("psnr", "ssim", "parameters", "seconds_per_step"),
         paper="Table 1 (30k steps, all 24 images): Neural Experts above SIREN wider above SIREN, with fewer "
               "parameters than SIREN wider; on the project page's astronaut curve at 30k steps about 80 / 70 / 53 dB "
               "on the official [−1, 1] PSNR (ours, on [0, 1], reads 6.02 dB higher for the same error).",
@@ -95,7 +96,7 @@ TABLES: dict[str, Table] = {
             Method("Softplus + FF", _SOFTPLUS_FF), Method("Softplus + FF wider", _SOFTPLUS_FF, _net(width=512)),
             Method("Softplus + FF Neural Experts", IMG, _net(**_FF_NET), own_manager=True),
         ),
-        ("kodim19.png",), "psnr", ("psnr", "ssim", "parameters"),
+        ("kodim19.png",), "psnr", ("psnr", "ssim", "parameters", "seconds_per_step"),
         paper="Table 1: for every activation the Neural Experts version beats the wider single network.",
     ),
     "audio": Table(
@@ -105,7 +106,7 @@ TABLES: dict[str, Table] = {
             Method("SIREN wider", "experiments/inr_audio_siren_wider.yaml"),
             Method("Neural Experts", AUDIO, own_manager=True),
         ),
-        ("gt_bach.wav", "gt_counting.wav", "gt_twospeakers.wav"), "mse", ("mse", "parameters"),
+        ("gt_bach.wav", "gt_counting.wav", "gt_twospeakers.wav"), "mse", ("mse", "parameters", "seconds_per_step"),
         higher_is_better=False,
         paper="Table 2 (MSE of the normalised signal, ×1e-4 as here): Neural Experts lowest on the three clips.",
     ),
@@ -115,7 +116,8 @@ TABLES: dict[str, Table] = {
             Method("SIREN", "experiments/inr_sdf_siren.yaml", _points(surface=2000, uniform=2000)),
             Method("Neural Experts", SDF, _points(surface=2000, near=2000, far=2000), own_manager=True),
         ),
-        ("bunny.off",), "iou", ("iou", "trimap_iou_0.1", "trimap_iou_0.01", "chamfer_sq", "parameters"),
+        ("bunny.off",), "iou", ("iou", "trimap_iou_0.1", "trimap_iou_0.01", "chamfer_sq", "parameters",
+                                  "seconds_per_step"),
         paper="Table 3: Neural Experts better than SIREN on Trimap IoU and Chamfer.",
         notes=("Points per step: a fifth of the configs' (Neural Experts 2k surface + 2k near + 2k far instead of "
                "10k each; SIREN 2k surface + 2k uniform instead of 10k each), to fit the CPU budget.",
@@ -211,10 +213,14 @@ def fit(table_name: str, method: Method, folder: Path, signal: str, args: argpar
     subprocess.run([sys.executable, "-m", "lightning_run.cli", *cmd], check=True)
     result = json.loads((root / "run" / "metrics.json").read_text())
     result["wall_seconds"] = time.perf_counter() - start
+    result["threads"] = os.environ.get("OMP_NUM_THREADS", "all cores")
     result["curve"] = read_curve(root / "run" / "metrics.csv", f"val/{metric}")
     result["command"] = "lightning " + " ".join(cmd)
     done.write_text(json.dumps(result, indent=2))
     return result
+
+
+PER_METHOD = ("parameters", "seconds_per_step")
 
 
 def _fmt(key: str, value) -> str:
@@ -239,22 +245,31 @@ def _label(key: str) -> str:
 def write_table(name: str, table: Table, results: dict, args: argparse.Namespace, out: Path) -> str:
     """Markdown: one row per method, per signal the columns, then the mean over signals."""
     signals = list(table.signals)
-    head = ["method"] + [f"{Path(s).stem} {_label(c)}" for s in signals for c in table.columns]
+    per_method = [c for c in table.columns if c in PER_METHOD]  # the same for every signal: shown once
+    per_signal = [c for c in table.columns if c not in PER_METHOD]
+    head = ["method"] + [f"{Path(s).stem} {_label(c)}" for s in signals for c in per_signal]
     if len(signals) > 1:
         head += [f"mean {_label(table.metric)}"]
+    head += [_label(c) for c in per_method]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in table.methods:
         got = results.get(m.name, {})
-        cells = [_fmt(c, got.get(s, {}).get(c)) for s in signals for c in table.columns]
+        cells = [_fmt(c, got.get(s, {}).get(c)) for s in signals for c in per_signal]
         if len(signals) > 1:
             values = [got[s][table.metric] for s in signals if s in got]
             cells.append(_fmt(table.metric, sum(values) / len(values)) if len(values) == len(signals) else "–")
+        first = next((got[s] for s in signals if s in got), {})
+        cells += [_fmt(c, first.get(c)) for c in per_method]
         rows.append(f"| {m.name} | " + " | ".join(cells) + " |")
     budget = (f"{args.steps} reconstruction steps per fit (every method the same), the configs' lr and schedule, "
               f"seed {args.seed}, fp32 on CPU; managers: the shipped one ({SHIPPED_MANAGER_STEPS} steps) where it "
               f"fits, else {args.manager_steps} steps of pretraining (not counted in the steps)")
     if name == "audio" and args.audio_seconds:
         budget += f"; audio: the first {args.audio_seconds:g} s of each clip"
+    threads = sorted({str(r.get("threads")) for got in results.values() for r in got.values()})
+    if threads:
+        budget += (f"; threads per fit: {', '.join(threads)} (s/step is the mean time of a training step; fits may "
+                   "have run side by side, so compare it within a table only)")
     lines = [f"# {table.title}", "", *rows, "", f"Budget: {budget}.", "", f"Paper: {table.paper}", ""]
     lines += [f"Note: {n}" for n in table.notes]
     lines += ["", f"Command: `python -m benchmarks.paper_tables {name} --steps {args.steps} --manager-steps "
