@@ -42,8 +42,8 @@ def test_the_command_of_a_fit(tmp_path):
     assert "--data.init_args.image=kodim19.png" in cmd and "--trainer.max_steps=10" in cmd
     assert "--data.init_args.steps_per_epoch=5" in cmd  # a validation, i.e. a point of the curve, every 5 steps
     # a manager of its own (the shipped one has sine experts), pretrained once for this shape and budget
-    assert f"--model.init_args.manager_checkpoint={tmp_path / 'runs' / 'managers' / 'image_finer_neural_experts_7.pt'}" \
-        in cmd and "--model.init_args.manager_steps=7" in cmd
+    manager = tmp_path / "runs" / "managers" / "image_finer_neural_experts_7.pt"
+    assert f"--model.init_args.manager_checkpoint={manager}" in cmd and "--model.init_args.manager_steps=7" in cmd
     siren = pt.TABLES["kodak"].methods[0]
     assert not any("manager" in c for c in pt.command("kodak", siren, Path("k"), "kodim01.png", tmp_path, args))
     # audio: the first audio_seconds of the clip, in samples at its own rate
