@@ -104,6 +104,10 @@ TABLES: dict[str, Table] = {
         (
             Method("SIREN", "experiments/inr_audio_siren.yaml"),
             Method("SIREN wider", "experiments/inr_audio_siren_wider.yaml"),
+            # SIREN with the first-layer rule Neural Experts' code applies to 1-D input (as our NE network):
+            # separates the effect of that initialisation from the effect of the experts
+            Method("SIREN, Neural Experts' first layer", "experiments/inr_audio_siren.yaml",
+                   _net(first_layer_init="neural_experts")),
             Method("Neural Experts", AUDIO, own_manager=True),
         ),
         ("gt_bach.wav", "gt_counting.wav", "gt_twospeakers.wav"), "mse", ("mse", "parameters"),
