@@ -49,7 +49,8 @@ def test_the_command_of_a_fit(tmp_path):
     # audio: the first audio_seconds of the clip, in samples at its own rate
     clip = tmp_path / "clip.wav"
     soundfile.write(clip, np.zeros(16000, dtype="float32"), 8000)
-    audio = pt.command("audio", pt.TABLES["audio"].methods[2], tmp_path, "clip.wav", tmp_path, args)
+    ne = next(m for m in pt.TABLES["audio"].methods if m.name == "Neural Experts")
+    audio = pt.command("audio", ne, tmp_path, "clip.wav", tmp_path, args)
     assert "--data.init_args.max_samples=4000" in audio and f"--data.init_args.path={clip}" in audio
 
 
