@@ -1,6 +1,7 @@
 """`fast_dev_run` of every inr_*.yaml config through the `lightning` command on the bundled samples (and, for
 inr_image.yaml, the manager shipped in the package, found from another working directory)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -60,4 +61,5 @@ def test_lightning_console_script_fits_an_image(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "reconstruction.png").is_file() and (out / "expert_map.png").is_file()
-    assert "loaded the pretrained manager from" in proc.stderr and "image_128_k4_random.pt" in proc.stderr
+    # the shipped manager was loaded (its recorded label accuracy, 1.0), not pretrained for one debug step (~0.25)
+    assert json.loads((out / "metrics.json").read_text())["manager_accuracy"] == 1.0
