@@ -13,8 +13,11 @@ logger under ``--runs/<method>/<signal>/<steps>``; a fit already there is reused
 sweep resumes and tables that share a fit (kodim19 by Neural Experts is in three of them) run it once.
 Every method of a table gets the same number of reconstruction steps, the configs' lr and schedule,
 and a validation every ``--val-every`` steps for the curves. Writes ``<out>/<table>.md`` (the table,
-the budget and the exact commands) and ``<out>/<table>.png`` (the metric against the step, like the
-paper's figure).
+the budget and the exact commands), ``<out>/<table>.png`` (the metric against the step, like the
+paper's figure) and ``<out>/<table>.json`` (every finished fit: metrics, curve, command). That file is
+committed with the table, so a fresh clone reuses its fits too: adding a row (``--methods NAME``) runs
+only that row and rewrites the table with all the others, and a table is rebuilt without a rerun.
+Delete an entry (or the file) to rerun a fit.
 
 Managers: the image configs load the shipped ``managers/image_128_k4_random.pt`` (3,000 steps). A
 network it does not fit (other activations, K or conditioning) and the audio and SDF settings pretrain
@@ -202,17 +205,39 @@ def read_curve(metrics_csv: Path, key: str) -> list[tuple[int, float]]:
         return [(int(row["step"]) + 1, float(row[key])) for row in csv.DictReader(f) if row.get(key) not in (None, "")]
 
 
-def fit(table_name: str, method: Method, folder: Path, signal: str, args: argparse.Namespace,
-        metric: str) -> dict:
-    """Run (or reuse) one fit; its final metrics, wall time and curve."""
+def fit_key(table_name: str, method: Method, signal: str, args: argparse.Namespace) -> str:
+    """Where a fit lives, relative to ``--runs`` (and its key in ``<out>/<table>.json``): it names the budget."""
     family = table_name if table_name in ("audio", "sdf") else "image"
     if table_name == "audio" and args.audio_seconds:
         family += f"_{args.audio_seconds:g}s"
     run = _slug(method.name) + (f"_manager{args.manager_steps}" if method.own_manager else "")
-    root = Path(args.runs) / family / run / Path(signal).stem / f"steps{args.steps}_seed{args.seed}"
+    return f"{family}/{run}/{Path(signal).stem}/steps{args.steps}_seed{args.seed}"
+
+
+def load_store(path: Path) -> dict:
+    """The finished fits kept beside a table (``<out>/<table>.json``): key -> result, curve included."""
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())["fits"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a fits file of benchmarks.paper_tables ({err}); "
+                         "move it away to start over") from err
+
+
+def fit(table_name: str, method: Method, folder: Path, signal: str, args: argparse.Namespace,
+        metric: str, store: dict | None = None, run: bool = True) -> dict | None:
+    """One fit's final metrics, wall time and curve: from ``--runs``, else from ``store`` (the fits kept in
+    ``docs/``, so a clone can rebuild a table without rerunning it), else run now (``None`` if not ``run``)."""
+    key = fit_key(table_name, method, signal, args)
+    root = Path(args.runs) / key
     done = root / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    if store and key in store:
+        return store[key]
+    if not run:
+        return None
     cmd = command(table_name, method, folder, signal, root, args)
     print(f"[{table_name}] {method.name} on {signal}: lightning {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
@@ -367,16 +392,23 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {}
     names = [m.name for m in table.methods]
     unknown = sorted(set(args.methods or ()) - set(names))
     if unknown:
         parser.error(f"--methods {', '.join(unknown)}: not in the {args.table} table ({', '.join(names)})")
+    store_path = out / f"{args.table}.json"
+    store = load_store(store_path)
+    results: dict = {}
     for signal in table.signals:
         for method in table.methods:
-            if args.methods and method.name not in args.methods:
+            # rows left out by --methods still show what is already there; they are not run
+            chosen = not args.methods or method.name in args.methods
+            result = fit(args.table, method, folder, signal, args, table.metric, store, run=chosen)
+            if result is None:
                 continue
-            results.setdefault(method.name, {})[signal] = fit(args.table, method, folder, signal, args, table.metric)
+            results.setdefault(method.name, {})[signal] = result
+            store[fit_key(args.table, method, signal, args)] = result
+            store_path.write_text(json.dumps({"table": args.table, "fits": store}, indent=1) + "\n")
             write_table(args.table, table, results, args, out)
             plot(args.table, table, results, out)
     print((out / f"{args.table}.md").read_text())

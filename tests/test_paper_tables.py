@@ -116,3 +116,38 @@ def test_one_fit_end_to_end_and_reused(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pt.subprocess, "run", no_fit)
     pt.main(argv)
+
+
+def test_a_table_is_rebuilt_from_the_fits_kept_beside_it_without_rerunning(tmp_path, monkeypatch, capsys):
+    """A fresh clone has no runs/: the committed <table>.json alone rebuilds the table and its curves, and
+    --methods runs only the rows named while the table keeps showing the others."""
+    kodak = REPO / "datamodules/signals/samples/kodak"
+    args = namespace(tmp_path, steps=500, manager_steps=500)
+    variants = pt.TABLES["variants"]
+    out = tmp_path / "out"
+    out.mkdir()
+    fits = {}
+    for i, method in enumerate(variants.methods[:-1]):  # every row but the last is kept
+        fits[pt.fit_key("variants", method, "kodim19.png", args)] = {
+            "psnr": 20.0 + i, "ssim": 0.5, "parameters": 1000, "seconds_per_step": 0.1, "threads": "1",
+            "wall_seconds": 9.0, "command": f"lightning fit {method.name}", "curve": [[250, 19.0], [500, 20.0 + i]]}
+    (out / "variants.json").write_text(json.dumps({"table": "variants", "fits": fits}))
+    ran = []
+    monkeypatch.setattr(pt.subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    argv = ["variants", "--methods", "FINER", "--steps", "500", "--kodak", str(kodak), "--runs",
+            str(tmp_path / "runs"), "--out", str(out)]
+    pt.main(argv)
+    assert ran == []  # FINER is kept: nothing runs
+    text = (out / "variants.md").read_text()
+    assert "| FINER | 20.00 |" in text and "| Softplus + FF wider | 27.00 |" in text
+    assert "| Softplus + FF Neural Experts | – |" in text  # not kept, not named: shown missing, not run
+    assert (out / "variants.png").is_file()
+    # another budget is another fit: it is not taken from the 500-step ones
+    with pytest.raises(FileNotFoundError):  # the stubbed fit writes no metrics.json
+        pt.main([*argv[:4], "300", *argv[5:]])
+    assert len(ran) == 1 and "--trainer.max_steps=300" in ran[0]
+    # a damaged file is named, not overwritten
+    (out / "variants.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="variants.json: not a fits file"):
+        pt.main(argv)
+    assert (out / "variants.json").read_text() == "{not json"
