@@ -305,7 +305,8 @@ def write_table(name: str, table: Table, results: dict, args: argparse.Namespace
     lines += [f"Note: {n}" for n in table.notes]
     lines += ["", f"Command: `python -m benchmarks.paper_tables {name} --steps {args.steps} --manager-steps "
               f"{args.manager_steps}" + (f" --audio-seconds {args.audio_seconds:g}" if name == "audio" else "")
-              + f" --out {args.out}`; curves: [{name}.png]({name}.png).", "", "Fits:", ""]
+              + f" --out {args.out}`; curves: [{name}.png]({name}.png); every fit's metrics and curve, reused by "
+              f"the next run: [{name}.json]({name}.json).", "", "Fits:", ""]
     for m in table.methods:
         for s in signals:
             r = results.get(m.name, {}).get(s)
