@@ -104,8 +104,9 @@ KODAK_DIR  ?= $(INR_DATA)/kodak
 data-inr: install
 	$(PY) -m datamodules.signals.download --out $(INR_DATA)
 
-# The paper's tables on a CPU budget (benchmarks/paper_tables.py): each writes docs/neural-experts-results/<table>.md
-# and <table>.png (curves); fits already in runs/paper are reused. Kodak and audio read $(INR_DATA) (`make data-inr`).
+# The paper's tables on a CPU budget (benchmarks/paper_tables.py): each writes docs/neural-experts-results/<table>.md,
+# <table>.png (curves) and <table>.json (every fit, committed); fits already in runs/paper or the .json are reused,
+# so a clone rebuilds a table without fitting. Kodak and audio read $(INR_DATA) (`make data-inr`).
 # e.g. `make paper-kodak PAPER_ARGS="--steps 30000 --signals all"` for the paper's budget on all 24 images.
 PAPER_TABLES ?= kodak variants audio sdf ablations
 PAPER_ARGS   ?=

@@ -112,6 +112,8 @@ TABLES: dict[str, Table] = {
             Method("SIREN, Neural Experts' first layer", "experiments/inr_audio_siren.yaml",
                    _net(first_layer_init="neural_experts")),
             Method("Neural Experts", AUDIO, own_manager=True),
+            # and the converse: Neural Experts with SIREN's audio first layer in both encoders
+            Method("Neural Experts, SIREN's first layer", AUDIO, _net(first_layer_init="siren"), own_manager=True),
         ),
         ("gt_bach.wav", "gt_counting.wav", "gt_twospeakers.wav"), "mse", ("mse", "parameters"),
         higher_is_better=False,

@@ -7,15 +7,13 @@ Built as in the official configs: an encoder (every layer activated) followed by
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
 
 from lightning_inr.activations import ActivationName
 from lightning_inr.encodings import CoordinateEncoder
 from lightning_inr.field import FieldOutput, ParameterGroup
-from lightning_inr.initializers import InitName, siren_first_layer_
+from lightning_inr.initializers import FirstLayerInit, InitName, check_first_layer_init, siren_first_layer_
 from lightning_inr.mlp import MLP
 
 
@@ -53,13 +51,10 @@ class INR(nn.Module):
         first_omega: float | None = None,
         fourier_features: int = 0,
         ff_sigma: float = 1.0,
-        first_layer_init: Literal["neural_experts", "siren"] = "neural_experts",
+        first_layer_init: FirstLayerInit = "neural_experts",
     ) -> None:
         super().__init__()
-        if first_layer_init not in ("neural_experts", "siren"):
-            raise ValueError(f"first_layer_init must be neural_experts|siren, got {first_layer_init!r}")
-        if first_layer_init == "siren" and init != "siren":
-            raise ValueError(f"first_layer_init='siren' is a rule of init='siren', not of init={init!r}")
+        check_first_layer_init(first_layer_init, init)
         self.in_dim, self.out_dim, self.n_experts = in_dim, out_dim, 1
         self.encoder = CoordinateEncoder(
             in_dim, encoder_width, encoder_layers, activation, omega, beta, init, first_omega,

@@ -22,7 +22,7 @@ from torch import nn
 from lightning_inr.activations import ActivationName
 from lightning_inr.encodings import CoordinateEncoder
 from lightning_inr.field import FieldOutput, ParameterGroup
-from lightning_inr.initializers import InitName
+from lightning_inr.initializers import FirstLayerInit, InitName, check_first_layer_init, siren_first_layer_
 from lightning_inr.mlp import MLP
 
 Conditioning = Literal["none", "max", "mean", "cat"]
@@ -63,6 +63,9 @@ class NeuralExperts(nn.Module):
         manager_activation, manager_init: manager's side (sine in every official config).
         omega, beta: ω₀ of sine/FINER, β of Softplus. first_omega: ω₀ of the encoders' first layer.
         fourier_features, ff_sigma: Fourier features in front of the expert encoder (0 = off).
+        first_layer_init: the first layer of both encoders, with ``init = manager_init = "siren"``:
+            ``neural_experts`` (the official code: U(±1/fan_in) only for 2-D/3-D input) or ``siren``
+            (SIREN's own: U(±1/fan_in) for any input, U(±1) for 1-D audio), as in the ``INR`` baselines.
     """
 
     def __init__(
@@ -88,8 +91,10 @@ class NeuralExperts(nn.Module):
         first_omega: float | None = None,
         fourier_features: int = 0,
         ff_sigma: float = 1.0,
+        first_layer_init: FirstLayerInit = "neural_experts",
     ) -> None:
         super().__init__()
+        check_first_layer_init(first_layer_init, init, manager_init)
         if n_experts < 1:
             raise ValueError(f"n_experts must be >= 1, got {n_experts}")
         if conditioning not in ("none", "max", "mean", "cat"):
@@ -113,6 +118,9 @@ class NeuralExperts(nn.Module):
             manager_in, manager_width, manager_layers, n_experts, manager_activation, omega, beta,
             manager_init,
         )
+        if first_layer_init == "siren":  # after every other layer, so that they draw what they always drew
+            siren_first_layer_(self.expert_encoder.mlp.weights[0])
+            siren_first_layer_(self.manager_encoder.mlp.weights[0])
 
     def route(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Expert-encoder features ``(N, E)`` and manager logits ``(N, K)``."""

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 InitName = Literal["siren", "kaiming"]
+FirstLayerInit = Literal["neural_experts", "siren"]
 
 
 @torch.no_grad()
@@ -40,3 +41,12 @@ def siren_first_layer_(weight: torch.Tensor) -> None:
     """SIREN's own first-layer rule, ``U(±1/fan_in)`` for any fan_in (1-D audio too), in place."""
     fan_in = weight.shape[-2]
     weight.uniform_(-1.0 / fan_in, 1.0 / fan_in)
+
+
+def check_first_layer_init(rule: str, *inits: str) -> None:
+    """``first_layer_init`` is a rule of ``init="siren"``: refuse it elsewhere, and unknown rules."""
+    if rule not in ("neural_experts", "siren"):
+        raise ValueError(f"first_layer_init must be neural_experts|siren, got {rule!r}")
+    other = [i for i in inits if i != "siren"]
+    if rule == "siren" and other:
+        raise ValueError(f"first_layer_init='siren' is a rule of init='siren', not of init={other[0]!r}")

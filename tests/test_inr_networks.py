@@ -49,6 +49,23 @@ def test_siren_first_layer_rule_reaches_1d_input_and_nothing_else():
         INR(activation="softplus", init="kaiming", first_layer_init="siren")
 
 
+def test_neural_experts_take_sirens_first_layer_in_both_encoders_and_nothing_else():
+    torch.manual_seed(0)
+    official = NeuralExperts(in_dim=1, out_dim=1, n_experts=3)
+    torch.manual_seed(0)
+    siren = NeuralExperts(in_dim=1, out_dim=1, n_experts=3, first_layer_init="siren")
+    first = {"expert_encoder.mlp.weights.0", "manager_encoder.mlp.weights.0"}
+    for key in first:
+        assert official.state_dict()[key].abs().max() <= math.sqrt(6) / 30
+        assert 0.9 < siren.state_dict()[key].abs().max() <= 1.0
+    for key, value in siren.state_dict().items():  # the default draws exactly what it always drew
+        assert torch.equal(value, official.state_dict()[key]) == (key not in first), key
+    with pytest.raises(ValueError, match="init='kaiming'"):
+        NeuralExperts(manager_init="kaiming", first_layer_init="siren")
+    with pytest.raises(ValueError, match="neural_experts|siren"):
+        NeuralExperts(first_layer_init="uniform")
+
+
 def test_batched_experts_equal_a_loop_over_experts():
     torch.manual_seed(0)
     bank = MLP(16, 32, 3, out_dim=3, n_copies=5)
