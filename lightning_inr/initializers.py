@@ -11,7 +11,7 @@ zero bias (the Softplus/ReLU networks).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -45,8 +45,8 @@ def siren_first_layer_(weight: torch.Tensor) -> None:
 
 def check_first_layer_init(rule: str, *inits: str) -> None:
     """``first_layer_init`` is a rule of ``init="siren"``: refuse it elsewhere, and unknown rules."""
-    if rule not in ("neural_experts", "siren"):
-        raise ValueError(f"first_layer_init must be neural_experts|siren, got {rule!r}")
+    if rule not in get_args(FirstLayerInit):
+        raise ValueError(f"first_layer_init must be {'|'.join(get_args(FirstLayerInit))}, got {rule!r}")
     other = [i for i in inits if i != "siren"]
     if rule == "siren" and other:
         raise ValueError(f"first_layer_init='siren' is a rule of init='siren', not of init={other[0]!r}")
